@@ -1,0 +1,43 @@
+"""`dsv4 doctor`: the environment report as a rich table (or one JSON object)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+
+def doctor(
+    model: Annotated[
+        str | None, typer.Option("--model", help="A checkpoint folder or HF id to check too.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Report Python, torch and devices, triton, the V4 tokenizer, git, models, disk, memory.
+
+    Exits 0 when the essentials are present, 1 naming what is missing.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from dsv4.agent import doctor as report
+
+    checks = report.collect(model)
+    missing = report.missing_essentials(checks)
+    if as_json:
+        typer.echo(json.dumps(report.as_json(checks)))
+    else:
+        table = Table(title="dsv4 doctor", show_lines=False)
+        for col in ("check", "found", "status", "detail"):
+            table.add_column(col)
+        for c in checks:
+            status = (
+                "[green]ok[/]" if c.ok else ("[red]missing[/]" if c.essential else "[yellow]-[/]")
+            )
+            table.add_row(c.name, c.value, status, c.detail)
+        Console().print(table)
+    if missing:
+        names = ", ".join(c.name for c in missing)
+        typer.echo(f"dsv4 doctor: missing essential: {names}", err=True)
+        raise typer.Exit(1)
