@@ -31,8 +31,8 @@ class Check:
 
 def _python() -> Check:
     v = sys.version_info
-    ok = v >= (3, 10)
-    return Check("python", platform.python_version(), ok, True, "" if ok else "need >= 3.10")
+    ok = v >= (3, 11)
+    return Check("python", platform.python_version(), ok, True, "" if ok else "need >= 3.11")
 
 
 def _torch() -> list[Check]:

@@ -6,6 +6,9 @@ import pytest
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items:  # don't pay for importing torch when nothing asks for a GPU
+        return
     try:
         import torch
 
@@ -15,6 +18,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if has_cuda:
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+    for item in gpu_items:
+        item.add_marker(skip)

@@ -1,0 +1,105 @@
+"""`glob`: find files by name pattern (`**/*.py`, `src/*.ts`), git-ignored files left out."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from dsv4.tools.base import ToolContext, ToolError, ToolResult, guard_path
+from dsv4.tools.listing import list_files
+
+
+@dataclass
+class GlobTool:
+    max_results: int = 200
+    name: str = "glob"
+    mutating: bool = False
+    description: str = (
+        "List files whose path matches a glob pattern, sorted by path. `*` matches within "
+        "one folder, `**` across folders; a pattern without `/` matches file names at any "
+        "depth (`*.py`). Files ignored by git are not listed."
+    )
+    parameters: dict[str, Any] = field(
+        default_factory=lambda: {
+            "type": "object",
+            "properties": {
+                "pattern": {"type": "string", "description": "Glob pattern, e.g. `**/*.py`."},
+                "path": {
+                    "type": "string",
+                    "description": "Folder to search in (default: the repository root).",
+                },
+            },
+            "required": ["pattern"],
+        }
+    )
+
+    def run(self, args: dict[str, Any], ctx: ToolContext) -> ToolResult:
+        _, base = guard_path(ctx, args.get("path", "."), write=False)
+        base = "" if base == "." else base
+        pattern = args["pattern"]
+        try:
+            matched = [
+                f for f in list_files(ctx.root, base) if glob_match(pattern, _under(f, base))
+            ]
+        except re.error as exc:
+            raise ToolError(f"invalid glob pattern {pattern!r}: {exc}") from exc
+        if not matched:
+            return ToolResult(True, f"No files match {pattern!r}.", data={"count": 0})
+        shown = matched[: self.max_results]
+        text = "\n".join(shown)
+        if len(matched) > len(shown):
+            text += f"\n[{len(matched) - len(shown)} more files not shown; narrow the pattern]"
+        return ToolResult(
+            True, text, truncated=len(matched) > len(shown), data={"count": len(matched)}
+        )
+
+
+def _under(rel: str, base: str) -> str:
+    """`rel` relative to the searched folder, so patterns are relative to `path`."""
+    return rel[len(base) + 1 :] if base and rel.startswith(base + "/") else rel
+
+
+def glob_match(pattern: str, rel: str) -> bool:
+    """Whether POSIX path `rel` matches `pattern` (names only when it has no `/`)."""
+    pattern = pattern.strip().removeprefix("./")
+    target = rel if "/" in pattern else rel.rsplit("/", 1)[-1]
+    return any(_compile(p).fullmatch(target) for p in _expand_braces(pattern))
+
+
+def _expand_braces(pattern: str) -> list[str]:
+    """`*.{ts,tsx}` -> [`*.ts`, `*.tsx`] (one level per brace pair, nesting by recursion)."""
+    match = re.search(r"\{([^{}]*,[^{}]*)\}", pattern)
+    if match is None:
+        return [pattern]
+    head, tail = pattern[: match.start()], pattern[match.end() :]
+    return [x for alt in match.group(1).split(",") for x in _expand_braces(head + alt + tail)]
+
+
+@lru_cache(maxsize=256)
+def _compile(pattern: str) -> re.Pattern[str]:
+    """Translate a glob into a regex: `**/` is zero or more folders, `*` stays in one."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:[^/]*/)*")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[" and "]" in pattern[i + 1 :]:
+            end = pattern.index("]", i + 1)
+            body = pattern[i + 1 : end].replace("\\", "\\\\")
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out))
