@@ -97,7 +97,8 @@ class ModelArgs:
 
 
 def _fail(key: str, problem: str, source: str) -> ConfigError:
-    return ConfigError(f"{source}: key {key!r}: {problem}")
+    """An error naming the config.json key (fields are mapped back to their HF names)."""
+    return ConfigError(f"{source}: key {_HF_NAME.get(key, key)!r}: {problem}")
 
 
 def _validate(a: ModelArgs, source: str = "config") -> None:
@@ -126,6 +127,21 @@ def _validate(a: ModelArgs, source: str = "config") -> None:
         value = getattr(a, name)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise _fail(name, f"must be a positive integer, got {value!r}", src)
+    reals = (
+        "route_scale",
+        "swiglu_limit",
+        "norm_eps",
+        "rope_theta",
+        "rope_factor",
+        "beta_fast",
+        "beta_slow",
+        "compress_rope_theta",
+        "hc_eps",
+    )
+    for name in reals:
+        value = getattr(a, name)
+        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            raise _fail(name, f"must be a positive number, got {value!r}", src)
     n_total = a.n_layers + a.n_mtp_layers
     if len(a.compress_ratios) != n_total:
         raise _fail(
@@ -174,6 +190,12 @@ _RENAMES = {  # HF key -> ModelArgs field (SPEC §2.4)
     "qk_rope_head_dim": "rope_head_dim",
     "sliding_window": "window_size",
     "rms_norm_eps": "norm_eps",
+}
+_HF_NAME = {field: key for key, field in _RENAMES.items()} | {
+    "rope_factor": "rope_scaling.factor",
+    "beta_fast": "rope_scaling.beta_fast",
+    "beta_slow": "rope_scaling.beta_slow",
+    "original_seq_len": "rope_scaling.original_max_position_embeddings",
 }
 _SAME = (
     "vocab_size",
@@ -238,7 +260,13 @@ def from_hf_config(cfg: dict[str, Any], source: str = "config.json") -> ModelArg
             raise _fail(key, f"{cfg[key]!r} is not supported (only {want!r})", source)
     if "compress_ratios" not in cfg:
         raise _fail("compress_ratios", "missing (one entry per layer, MTP last)", source)
-    kw["compress_ratios"] = tuple(int(r) for r in cfg["compress_ratios"])
+    ratios = cfg["compress_ratios"]
+    if not isinstance(ratios, list):
+        raise _fail("compress_ratios", f"must be a list of integers, got {ratios!r}", source)
+    for i, r in enumerate(ratios):
+        if not isinstance(r, int) or isinstance(r, bool):
+            raise _fail("compress_ratios", f"entry {i} is {r!r}, not an integer", source)
+    kw["compress_ratios"] = tuple(ratios)
     kw.update(_quantization(cfg, source))
     kw.update(_rope_scaling(cfg, source))
     if kw.get("score_func", "sqrtsoftplus") != "sqrtsoftplus":
@@ -262,6 +290,8 @@ def _quantization(cfg: dict[str, Any], source: str) -> dict[str, Any]:
     q = cfg.get("quantization_config")
     if q is None:
         raise _fail("quantization_config", "missing (FP8 e4m3 checkpoints expected)", source)
+    if not isinstance(q, dict):
+        raise _fail("quantization_config", f"must be an object, got {q!r}", source)
     want = {"quant_method": "fp8", "fmt": "e4m3", "scale_fmt": "ue8m0"}
     for key, value in want.items():
         if q.get(key) != value:
@@ -279,6 +309,8 @@ def _rope_scaling(cfg: dict[str, Any], source: str) -> dict[str, Any]:
     rs = cfg.get("rope_scaling")
     if rs is None:
         raise _fail("rope_scaling", "missing (YaRN settings of the compressed layers)", source)
+    if not isinstance(rs, dict):
+        raise _fail("rope_scaling", f"must be an object, got {rs!r}", source)
     kind = rs.get("type", rs.get("rope_type"))
     if kind != "yarn":
         raise _fail("rope_scaling.type", f"{kind!r} is not 'yarn'", source)
@@ -292,7 +324,8 @@ def _rope_scaling(cfg: dict[str, Any], source: str) -> dict[str, Any]:
         if key not in rs:
             raise _fail(f"rope_scaling.{key}", "missing", source)
         out[name] = rs[key]
-    out["original_seq_len"] = int(out["original_seq_len"])
+    if not isinstance(out["original_seq_len"], int):
+        raise _fail("rope_scaling.original_max_position_embeddings", "must be an integer", source)
     return out
 
 
