@@ -61,7 +61,7 @@ class Settings:
     deny: list[str] = field(default_factory=list)
     """Permission rules that are always refused (same syntax)."""
     yes: bool = False
-    """Never prompt: allow whatever is not denied."""
+    """Never prompt: an action that would ask is denied unless an allow rule covers it."""
     ci: bool = False
     """Non-interactive CI mode: never prompt, plain output."""
     commit: bool = False
