@@ -145,9 +145,11 @@ class EndpointBackend:
         temperature: float = 0.0,
         seed: int | None = None,
         timeout_s: float = 600.0,
+        thinking: bool | None = None,
     ) -> None:
         from openai import OpenAI
 
+        self.thinking = thinking
         # Local servers accept any key; the client insists on a non-empty one.
         self.client = OpenAI(
             base_url=url, api_key=api_key or "none", timeout=timeout_s, max_retries=1
@@ -166,6 +168,7 @@ class EndpointBackend:
             opts.max_tokens_per_turn,
             opts.temperature,
             opts.seed,
+            thinking=opts.thinking,
         )
 
     def complete(
@@ -198,6 +201,9 @@ class EndpointBackend:
             request["tools"] = openai_tools(tools)
         if self.seed is not None:
             request["seed"] = self.seed
+        if self.thinking is not None:
+            # The thinking switch as vLLM, SGLang and `dsv4 serve` read it.
+            request["extra_body"] = {"chat_template_kwargs": {"thinking": self.thinking}}
         return request
 
     def _default_model(self) -> str:

@@ -200,6 +200,7 @@ def test_endpoint_streams_reasoning_content_and_native_tool_calls(
     assert sent["model"] == "dsv4-test"  # the server's only model, asked for
     assert sent["tools"] == [{"type": "function", "function": TOOLS[0]}]
     assert all("tools" not in m for m in sent["messages"])
+    assert sent["chat_template_kwargs"] == {"thinking": True}  # thinking mode is the default
 
 
 def test_endpoint_bad_arguments_and_truncation_become_errors(server: FakeChatServer) -> None:
