@@ -35,7 +35,12 @@ ScriptOpt = Annotated[
     typer.Option("--script", help="Replay recorded completions (JSON Lines) instead of a model."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="NDJSON events on stdout.")]
-YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Approve 'ask' actions; never prompt.")]
+YesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--yes", "-y", help="Never prompt ('ask' actions not on the allow list are denied)."
+    ),
+]
 CiOpt = Annotated[bool, typer.Option("--ci", help="Never prompt: 'ask' actions are denied.")]
 StepsOpt = Annotated[int | None, typer.Option("--max-steps", help="Most model turns.")]
 TimeoutOpt = Annotated[float | None, typer.Option("--timeout", help="Wall-time limit, seconds.")]

