@@ -1,0 +1,150 @@
+"""Attention of one layer (SPEC §4.3–§4.6): sliding window + compressed entries, one shared
+512-dim KV head (K = V), attention sink, grouped low-rank output projection.
+
+A chunk of S tokens at positions start…start+S−1 attends to: the window (the previous
+window_size−1 tokens from the ring buffer plus the chunk's own keys, causally), and the
+compressed entries visible to each query (all of them for HCA, the indexer's top-k for CSA),
+entry j being visible to query t when j < (t+1)//ratio.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dsv4.kernels.quant import act_quant_dequant
+from dsv4.kernels.sparse_attn import sparse_attn
+
+from .compressor import Compressor
+from .config import ModelArgs
+from .numerics import Numerics
+from .rope import Rope, apply_rope
+from .sparse_indexer import Indexer
+from .state import EntryCache, LayerState
+from .weights import FP8Linear, Getter, rms_norm
+
+
+@dataclass
+class Attention:
+    wq_a: FP8Linear
+    q_norm: torch.Tensor  # fp32 [q_lora_rank]
+    wq_b: FP8Linear
+    wkv: FP8Linear
+    kv_norm: torch.Tensor  # fp32 [head_dim]
+    wo_a: torch.Tensor  # bf16 [G·R, H·hd/G]: FP8 in the file, dequantized at load as REF's
+    # convert.py does; FP8 value × power-of-two scale is exact in bf16, so nothing is lost.
+    wo_b: FP8Linear
+    attn_sink: torch.Tensor  # fp32 [H]
+    rope: Rope
+    args: ModelArgs
+    ratio: int
+    compressor: Compressor | None = None
+    indexer: Indexer | None = None
+
+    @classmethod
+    def load(cls, get: Getter, prefix: str, args: ModelArgs, ratio: int, device) -> Attention:
+        def fp8(name: str) -> FP8Linear:
+            return FP8Linear.load(get, f"{prefix}.{name}")
+
+        comp = idx = None
+        if ratio:
+            comp = Compressor.load(get, f"{prefix}.compressor", ratio, args.head_dim, args.norm_eps)
+        if ratio == 4:
+            idx = Indexer.load(get, f"{prefix}.indexer", args)
+        return cls(fp8("wq_a"), get(f"{prefix}.q_norm.weight").float(), fp8("wq_b"), fp8("wkv"),
+                   get(f"{prefix}.kv_norm.weight").float(),
+                   fp8("wo_a").dequantized().bfloat16(), fp8("wo_b"),
+                   get(f"{prefix}.attn_sink").float(), Rope.for_layer(args, ratio, device),
+                   args, ratio, comp, idx)  # fmt: skip
+
+    def new_state(self, dtype: torch.dtype, device) -> LayerState:
+        a = self.args
+        st = LayerState(torch.zeros(a.window_size, a.head_dim, dtype=dtype, device=device))
+        if self.ratio:
+            st.entries = EntryCache.empty(a.head_dim, dtype, device)
+            st.compressor = self.compressor.new_state(device)
+        if self.indexer is not None:
+            st.index_keys = EntryCache.empty(a.index_head_dim, dtype, device)
+            st.index_compressor = self.indexer.compressor.new_state(device)
+        return st
+
+    def _quant_nope(self, kv: torch.Tensor, nx: Numerics) -> torch.Tensor:
+        """REF's FP8 simulation of the non-RoPE dims (blocks of 64); RoPE dims stay as they are."""
+        if not nx.quant_sim:
+            return kv
+        rd = self.args.rope_head_dim
+        return torch.cat((act_quant_dequant(kv[..., :-rd], 64), kv[..., -rd:]), dim=-1)
+
+    def __call__(
+        self, x: torch.Tensor, start: int, state: LayerState, nx: Numerics
+    ) -> torch.Tensor:
+        """x act [S, D] at positions start… -> act [S, D]; updates `state`."""
+        a, seq = self.args, x.shape[0]
+        pos = torch.arange(start, start + seq, device=x.device)
+        cos, sin = self.rope.tables(pos)
+        # -- queries: low-rank q, per-head RMS scaling without weight (in the act dtype), RoPE
+        qr = rms_norm(self.wq_a(x, nx), self.q_norm, a.norm_eps)
+        q = self.wq_b(qr, nx).view(seq, a.n_heads, a.head_dim)
+        q = q * torch.rsqrt(q.square().mean(-1, keepdim=True) + a.norm_eps)
+        q = apply_rope(q, cos, sin)
+        # -- this chunk's window keys (= values)
+        kv = rms_norm(self.wkv(x, nx), self.kv_norm, a.norm_eps)
+        kv = self._quant_nope(apply_rope(kv, cos, sin), nx)
+        keys, idxs = _window(state, kv, start, a.window_size)
+        # -- compressed entries visible to each query
+        if self.ratio:
+            entries = self._compress(x, qr, start, state, nx)
+            comp_idxs = self._select(x, qr, start, state, nx, entries.shape[0], pos)
+            comp_idxs = torch.where(comp_idxs >= 0, comp_idxs + keys.shape[0], -1)
+            keys = torch.cat((keys, entries))
+            idxs = torch.cat((idxs, comp_idxs), dim=1)
+        o = sparse_attn(
+            q[None], keys[None], self.attn_sink, idxs[None].to(torch.int32), a.head_dim**-0.5
+        )[0]
+        # V carries RoPE: rotate the output back at the query position.
+        o = apply_rope(o, cos, sin, inverse=True)
+        return self._project_out(o, nx)
+
+    def _compress(self, x, qr, start: int, state: LayerState, nx: Numerics) -> torch.Tensor:
+        new, state.compressor = self.compressor(x, start, state.compressor, self.rope)
+        state.entries.append(self._quant_nope(new, nx))
+        return state.entries.valid()
+
+    def _select(self, x, qr, start, state, nx, n: int, pos: torch.Tensor) -> torch.Tensor:
+        if self.indexer is not None:
+            return self.indexer(x, qr, start, state, self.rope, nx).long()
+        j = torch.arange(n, device=x.device)
+        return torch.where(j[None, :] < ((pos + 1) // self.ratio)[:, None], j[None, :], -1)
+
+    def _project_out(self, o: torch.Tensor, nx: Numerics) -> torch.Tensor:
+        """Grouped low-rank projection: per group g, o_g [S, H/G·hd] @ wo_a_gᵀ, then wo_b."""
+        a, seq = self.args, o.shape[0]
+        g = a.o_groups
+        wo_a = self.wo_a.to(o.dtype).view(g, a.o_lora_rank, -1)  # bf16 in bf16 mode, as REF
+        # [G, S, H/G·hd] @ [G, H/G·hd, R]: a batched matmul (torch's einsum is slow in bf16)
+        o = torch.bmm(o.view(seq, g, -1).transpose(0, 1), wo_a.transpose(1, 2)).transpose(0, 1)
+        return self.wo_b(o.flatten(1), nx)
+
+
+def _window(
+    state: LayerState, kv: torch.Tensor, start: int, win: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys of the window part and each query's indices into them.
+
+    Returns (keys act [L, hd], idxs int64 [S, min(win, L)]): keys are the ring-buffer rows of
+    positions max(0, start−win+1)…start−1 followed by the chunk's own rows; query t sees
+    positions max(0, t−win+1)…t (−1 pads). The ring buffer is updated with the chunk.
+    """
+    end = start + kv.shape[0]
+    first = max(0, start - win + 1)
+    dev = kv.device
+    past = state.window.index_select(0, torch.arange(first, start, device=dev) % win)
+    keys = torch.cat((past, kv))
+    width = min(win, keys.shape[0])
+    t = torch.arange(start, end, device=dev)[:, None]
+    cols = (t - win + 1).clamp_min(0) + torch.arange(width, device=dev)[None, :]
+    idxs = torch.where(cols <= t, cols - first, -1)
+    keep = torch.arange(max(first, end - win), end, device=dev)
+    state.window.index_copy_(0, keep % win, keys.index_select(0, keep - first))
+    return keys, idxs

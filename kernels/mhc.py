@@ -1,0 +1,100 @@
+"""Manifold-constrained hyper-connections (mHC, SPEC §4.2): split + Sinkhorn, hc_pre, hc_post.
+
+The residual stream holds `hc` copies of the hidden state. `hc_pre` mixes them into one
+layer input with weights computed from the stream itself; `hc_post` writes the layer output
+back, mixing the old copies through a (nearly) doubly stochastic `comb` matrix. All mixing
+arithmetic is fp32, as in REF.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .dispatch import use_triton
+
+
+def hc_split_sinkhorn_ref(
+    mixes: torch.Tensor,
+    scale: torch.Tensor,
+    base: torch.Tensor,
+    hc: int,
+    iters: int,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """mixes fp32 [..., (2+hc)*hc] -> pre [..., hc], post [..., hc], comb [..., hc, hc].
+
+    pre = σ(m·s0 + b) + eps; post = 2σ(m·s1 + b); comb = softmax over each row of the
+    row-major hc×hc logits, + eps, then column-normalized, then `iters - 1` rounds of row and
+    column normalization (each divisor + eps). comb[j, k] feeds stream j into stream k.
+    """
+    m = mixes.float()
+    pre = torch.sigmoid(m[..., :hc] * scale[0] + base[:hc]) + eps
+    post = 2 * torch.sigmoid(m[..., hc : 2 * hc] * scale[1] + base[hc : 2 * hc])
+    logits = (m[..., 2 * hc :] * scale[2] + base[2 * hc :]).unflatten(-1, (hc, hc))
+    comb = torch.softmax(logits, dim=-1) + eps
+    comb = comb / (comb.sum(-2, keepdim=True) + eps)
+    for _ in range(iters - 1):
+        comb = comb / (comb.sum(-1, keepdim=True) + eps)
+        comb = comb / (comb.sum(-2, keepdim=True) + eps)
+    return pre, post, comb
+
+
+def hc_pre_ref(
+    h: torch.Tensor,
+    fn: torch.Tensor,
+    scale: torch.Tensor,
+    base: torch.Tensor,
+    hc: int,
+    iters: int,
+    norm_eps: float,
+    hc_eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """h act [..., hc, D] -> (y act [..., D], post fp32 [..., hc], comb fp32 [..., hc, hc]).
+
+    mixes = (flat(h) @ fnᵀ) · rsqrt(mean(flat(h)²) + norm_eps) on the raw fp32 stream
+    (REF applies the linear first, then the RMS factor); y = Σ_j pre[j]·h[j] in fp32.
+    """
+    hf = h.float()
+    flat = hf.flatten(-2)
+    rsqrt = torch.rsqrt(flat.square().mean(-1, keepdim=True) + norm_eps)
+    mixes = F.linear(flat, fn.float()) * rsqrt
+    pre, post, comb = hc_split_sinkhorn(mixes, scale, base, hc, iters, hc_eps)
+    y = (pre.unsqueeze(-1) * hf).sum(dim=-2)
+    return y.to(h.dtype), post, comb
+
+
+def hc_post_ref(
+    out: torch.Tensor, h: torch.Tensor, post: torch.Tensor, comb: torch.Tensor
+) -> torch.Tensor:
+    """out act [..., D], h act [..., hc, D] -> act [..., hc, D].
+
+    h_new[k] = post[k]·out + Σ_j comb[j, k]·h[j] (sum over the FIRST index), fp32, cast once.
+    """
+    mixed = (comb.unsqueeze(-1) * h.float().unsqueeze(-2)).sum(dim=-3)
+    y = post.unsqueeze(-1) * out.float().unsqueeze(-2) + mixed
+    return y.to(h.dtype)
+
+
+def hc_split_sinkhorn(mixes, scale, base, hc: int, iters: int, eps: float):
+    if use_triton(mixes, scale, base):
+        from .mhc_triton import hc_split_sinkhorn_triton
+
+        return hc_split_sinkhorn_triton(mixes, scale, base, hc, iters, eps)
+    return hc_split_sinkhorn_ref(mixes, scale, base, hc, iters, eps)
+
+
+def hc_pre(h, fn, scale, base, hc: int, iters: int, norm_eps: float, hc_eps: float):
+    if use_triton(h, fn, scale, base):
+        from .mhc_triton import hc_pre_triton
+
+        return hc_pre_triton(h, fn, scale, base, hc, iters, norm_eps, hc_eps)
+    return hc_pre_ref(h, fn, scale, base, hc, iters, norm_eps, hc_eps)
+
+
+def hc_post(out, h, post, comb):
+    if use_triton(out, h, post, comb):
+        from .mhc_triton import hc_post_triton
+
+        return hc_post_triton(out, h, post, comb)
+    return hc_post_ref(out, h, post, comb)
