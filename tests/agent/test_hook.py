@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -213,3 +214,90 @@ def test_config_errors_name_the_file(repo: Path) -> None:
     (repo / ".dsv4.toml").write_text("[hook]\nrestage = 'sometimes'\n")
     with pytest.raises(hook.HookError, match="restage"):
         hook.load_hook_config(repo)
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _example_repo(tmp_path: Path, name: str) -> Path:
+    root = tmp_path / name
+    shutil.copytree(EXAMPLES / name, root)
+    _git_init(root)
+    return root
+
+
+def _git_init(root: Path) -> None:
+    _git(root, "init", "-q", "-b", "main")
+    _git(root, "config", "user.name", "Test")
+    _git(root, "config", "user.email", "test@example.com")
+    _git(root, "add", "-A")
+    _git(root, "commit", "-qm", "init")
+
+
+def _dsv4(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != hook.ACTIVE_ENV}
+    env["DSV4_STATE_DIR"] = str(cwd.parent / "state")
+    cmd = [sys.executable, "-c", "from dsv4.cli.app import main; main()", *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_scripted_agent_fixes_and_restages_through_the_cli(tmp_path: Path) -> None:
+    root = _example_repo(tmp_path, "python-calc")
+    readme = root / "NOTES.md"
+    readme.write_text("a staged change\n")
+    _git(root, "add", "NOTES.md")
+    (root / "unstaged.txt").write_text("untracked, left alone\n")
+    script = EXAMPLES / "python-calc.fix.jsonl"
+    test = f"{sys.executable} -m pytest -q -p no:cacheprovider"
+    out = _dsv4("hook", "run", str(root), "--check", test, "--script", str(script),
+                "--restage", "always", cwd=root)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "re-staged" in out.stderr
+    staged = _git(root, "diff", "--cached", "--name-only").split()
+    assert "calc.py" in staged and "NOTES.md" in staged
+    assert "return a / b" in _git(root, "show", ":calc.py")
+    assert (root / "unstaged.txt").read_text() == "untracked, left alone\n"
+
+
+def test_scripted_agent_that_fails_blocks_and_changes_nothing(tmp_path: Path) -> None:
+    root = _example_repo(tmp_path, "python-calc")
+    before = (root / "calc.py").read_bytes()
+    script = EXAMPLES / "python-calc.nofix.jsonl"
+    test = f"{sys.executable} -m pytest -q -p no:cacheprovider"
+    out = _dsv4("hook", "run", str(root), "--check", test, "--script", str(script),
+                "--restage", "always", cwd=root)  # fmt: skip
+    assert out.returncode == 1, out.stderr
+    assert "blocked" in out.stderr
+    assert (root / "calc.py").read_bytes() == before
+    assert _git(root, "status", "--porcelain") == ""
+
+
+@pytest.mark.slow
+def test_pre_commit_framework_runs_the_hook_from_a_clone(tmp_path: Path) -> None:
+    """`pre-commit try-repo` with a clone of this repository runs hook id `dsv4`."""
+    pre_commit = shutil.which("pre-commit", path=str(Path(sys.executable).parent))
+    if pre_commit is None:
+        pytest.skip("the pre-commit framework is not installed (test extra)")
+    project = Path(__file__).resolve().parents[2]
+    hook_repo = tmp_path / "dsv4-hooks"
+    hook_repo.mkdir()
+    shutil.copy(project / ".pre-commit-hooks.yaml", hook_repo)
+    _git_init(hook_repo)  # the framework needs a git repository holding the manifest
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "pyproject.toml").write_text('[project]\nname = "user"\nversion = "0"\n')
+    (user / "tests").mkdir()
+    (user / "tests" / "test_ok.py").write_text("def test_ok():\n    assert True\n")
+    _git_init(user)
+    env = {k: v for k, v in os.environ.items() if k != hook.ACTIVE_ENV}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PRE_COMMIT_HOME"] = str(tmp_path / "pre-commit-home")
+    run = [pre_commit, "try-repo", str(hook_repo), "dsv4", "--all-files"]
+    ok = subprocess.run(run, cwd=user, capture_output=True, text=True, env=env, timeout=300)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "Passed" in ok.stdout
+    (user / "tests" / "test_bad.py").write_text("def test_bad():\n    assert False\n")
+    _git(user, "add", "-A")
+    bad = subprocess.run(run, cwd=user, capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode == 1
+    assert "commit blocked" in bad.stdout
