@@ -12,7 +12,9 @@ of one state copy per request, which is far cheaper than the prefill it saves. E
 evicted least recently used first.
 
 When a prompt diverges inside a cached session, the session is cut back to the common
-prefix if it supports `truncate(n)`; otherwise a fresh session is used.
+prefix if it supports `truncate(n)`; otherwise a fresh session is used. An engine session
+rewinds by restoring its latest snapshot at or before the cut and prefilling the gap again;
+`truncate` returns that gap, which the counters book as prefilled, not reused.
 """
 
 from __future__ import annotations
@@ -56,8 +58,9 @@ class CacheStats:
 
     entries: int
     capacity: int
-    prefilled_tokens: int  # prompt tokens the callers had to prefill
+    prefilled_tokens: int  # prompt tokens prefilled: by the callers, or replayed by truncate
     reused_tokens: int  # prompt tokens served from cached state
+    replayed_tokens: int = 0  # of prefilled_tokens: re-prefilled inside `truncate`
 
 
 class PrefixCache:
@@ -70,6 +73,7 @@ class PrefixCache:
         self.capacity = capacity
         self.prefilled_tokens = 0
         self.reused_tokens = 0
+        self.replayed_tokens = 0
         self._entries: list[_Entry] = []  # least recently used first
         self._lock = threading.Lock()
 
@@ -83,11 +87,12 @@ class PrefixCache:
             raise ValueError("PrefixCache.acquire: the prompt is empty")
         with self._lock:
             entry, usable = self._best_entry(prompt_ids)
-            session, reused = self._session_from(entry, usable)
+            session, reused, replayed = self._session_from(entry, usable)
             if entry is not None and reused:
                 self._touch(entry)
-            self.reused_tokens += reused
-            self.prefilled_tokens += len(prompt_ids) - reused
+            self.reused_tokens += reused - replayed
+            self.replayed_tokens += replayed
+            self.prefilled_tokens += len(prompt_ids) - reused + replayed
             return session, reused
 
     def release(self, session: Any, tokens: Sequence[int]) -> None:
@@ -113,7 +118,11 @@ class PrefixCache:
     def stats(self) -> CacheStats:
         with self._lock:
             return CacheStats(
-                len(self._entries), self.capacity, self.prefilled_tokens, self.reused_tokens
+                len(self._entries),
+                self.capacity,
+                self.prefilled_tokens,
+                self.reused_tokens,
+                self.replayed_tokens,
             )
 
     # -- internals ---------------------------------------------------------------------------
@@ -131,13 +140,15 @@ class PrefixCache:
                 best, best_len = entry, n
         return best, best_len
 
-    def _session_from(self, entry: _Entry | None, usable: int) -> tuple[Any, int]:
+    def _session_from(self, entry: _Entry | None, usable: int) -> tuple[Any, int, int]:
+        """(session at `usable`, usable, tokens the truncation had to prefill again)."""
         if entry is None or usable == 0:
-            return self.model.new_session(), 0
+            return self.model.new_session(), 0, 0
         session = entry.session.fork()
+        replayed = 0
         if usable < len(entry.tokens):
-            session.truncate(usable)
-        return session, usable
+            replayed = session.truncate(usable) or 0  # sessions may return None: nothing replayed
+        return session, usable, replayed
 
     def _touch(self, entry: _Entry) -> None:
         self._entries.remove(entry)

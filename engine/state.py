@@ -9,6 +9,11 @@ prefill at any position).
   partial window at the end of the sequence and, for the overlapping ratio-4 compressor,
   the previous complete window too.
 * index_keys / index_compressor: the Lightning indexer's compressed keys and compressor rows.
+
+Rewinding: compressed entries are append-only, so cutting a sequence back to position n only
+drops the entries emitted after n; the window ring and the compressor rows, however, are
+overwritten as the sequence grows. A `StateSnapshot` keeps those small tensors at one
+position, and `SequenceState.restore` brings the whole state back to it exactly.
 """
 
 from __future__ import annotations
@@ -54,6 +59,11 @@ class EntryCache:
     def valid(self) -> torch.Tensor:
         return self.rows[: self.n]
 
+    def truncate(self, n: int) -> None:
+        """Keep the first n rows (the later ones are overwritten by the next appends)."""
+        assert 0 <= n <= self.n, f"EntryCache.truncate({n}) with {self.n} rows"
+        self.n = n
+
 
 @dataclass
 class LayerState:
@@ -62,6 +72,49 @@ class LayerState:
     compressor: CompressorState | None = None
     index_keys: EntryCache | None = None  # ratio 4 only
     index_compressor: CompressorState | None = None
+
+    def snapshot(self) -> LayerSnapshot:
+        # Compressor states are replaced, never written in place, so they can be shared; the
+        # window ring is written in place and must be copied.
+        return LayerSnapshot(
+            self.window.clone(),
+            self.compressor,
+            self.index_compressor,
+            _count(self.entries),
+            _count(self.index_keys),
+        )
+
+    def restore(self, snap: LayerSnapshot) -> None:
+        """Back to the snapshot's position (entries emitted since then are dropped)."""
+        self.window = snap.window.clone()
+        self.compressor, self.index_compressor = snap.compressor, snap.index_compressor
+        if self.entries is not None:
+            self.entries.truncate(snap.n_entries)
+        if self.index_keys is not None:
+            self.index_keys.truncate(snap.n_index_keys)
+
+
+@dataclass(frozen=True)
+class LayerSnapshot:
+    """The overwritten part of a `LayerState` at one position, plus its entry counts.
+
+    Its tensors are never written: `restore` copies the window before the ring is reused.
+    """
+
+    window: torch.Tensor  # act [window_size, head_dim]
+    compressor: CompressorState | None
+    index_compressor: CompressorState | None
+    n_entries: int
+    n_index_keys: int
+
+
+@dataclass(frozen=True)
+class StateSnapshot:
+    """Everything needed to bring a `SequenceState` back to position `pos`."""
+
+    pos: int
+    layers: tuple[LayerSnapshot, ...]
+    mtp: tuple[LayerSnapshot, ...]
 
 
 @dataclass
@@ -75,3 +128,27 @@ class SequenceState:
     def fork(self) -> SequenceState:
         """An independent deep copy (tensors cloned)."""
         return copy.deepcopy(self)
+
+    def snapshot(self) -> StateSnapshot:
+        """The state at the current position, for a later `restore` (a few small copies)."""
+        return StateSnapshot(
+            self.pos,
+            tuple(layer.snapshot() for layer in self.layers),
+            tuple(layer.snapshot() for layer in self.mtp),
+        )
+
+    def restore(self, snap: StateSnapshot) -> None:
+        """Rewind to `snap.pos` exactly; `snap` must come from this sequence at or before now.
+
+        The MTP layers are driven by their caller, not by `pos`; they are restored as they
+        were when the snapshot was taken.
+        """
+        if snap.pos > self.pos:
+            raise ValueError(f"cannot restore a snapshot at {snap.pos}: the state is at {self.pos}")
+        for layer, layer_snap in zip(self.layers + self.mtp, snap.layers + snap.mtp, strict=True):
+            layer.restore(layer_snap)
+        self.pos = snap.pos
+
+
+def _count(cache: EntryCache | None) -> int:
+    return 0 if cache is None else cache.n

@@ -190,3 +190,73 @@ def test_reuse_matches_fresh_prefill_on_golden_checkpoint() -> None:
 
     fresh_logits = model.new_session().prefill(prompt)[split:]
     torch.testing.assert_close(reused_logits, fresh_logits, atol=1e-4, rtol=0)
+
+
+# -- engine sessions on the golden tiny checkpoint (fp32, quant_sim off) ---------------------
+class SnapshottingModel:
+    """Hands out engine sessions that snapshot every 64 tokens (and at each prefill's end)."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def new_session(self):
+        from dsv4.engine.session import Session
+        from dsv4.engine.snapshots import SnapshotLog, SnapshotPolicy
+
+        return Session(self.model, snapshots=SnapshotLog(SnapshotPolicy(interval=64)))
+
+
+def serve(cache: PrefixCache, prompt: list[int], generated: list[int]):
+    """One request on a real session: prefill the rest, decode `generated`, release.
+    Returns the prompt's logits from the reused position on."""
+    import torch
+
+    session, reused = cache.acquire(prompt)
+    assert session.pos == reused
+    logits = session.prefill(prompt[reused:])
+    for t in generated:
+        session.decode(t)
+    cache.release(session, prompt + generated)
+    return logits if logits.ndim == 2 else torch.empty(0)
+
+
+def assert_fresh(model, prompt: list[int], logits, start: int) -> None:
+    fresh = model.new_session().prefill(prompt)[start:]
+    assert logits.shape == fresh.shape
+    assert (logits - fresh).abs().max().item() <= 1e-4
+
+
+def test_engine_extension_prefills_only_the_suffix(exact_model, golden_tokens) -> None:
+    cache = PrefixCache(SnapshottingModel(exact_model))
+    serve(cache, golden_tokens[:150], golden_tokens[150:160])
+    assert (cache.prefilled_tokens, cache.reused_tokens) == (150, 0)
+    prompt = golden_tokens[:220]
+    logits = serve(cache, prompt, [])
+    stats = cache.stats()
+    assert (stats.prefilled_tokens, stats.reused_tokens, stats.replayed_tokens) == (210, 160, 0)
+    assert_fresh(exact_model, prompt, logits, 160)
+
+
+def test_engine_divergence_at_the_prompt_end_is_exact(exact_model, golden_tokens) -> None:
+    """A regenerated answer diverges where the last prompt ended: a snapshot, nothing replayed."""
+    cache = PrefixCache(SnapshottingModel(exact_model))
+    serve(cache, golden_tokens[:150], golden_tokens[150:160])
+    prompt = golden_tokens[:150] + golden_tokens[290:320]
+    logits = serve(cache, prompt, [])
+    assert (cache.reused_tokens, cache.replayed_tokens, cache.prefilled_tokens) == (150, 0, 180)
+    assert_fresh(exact_model, prompt, logits, 150)
+
+
+def test_engine_divergence_inside_replays_from_the_last_snapshot(exact_model, golden_tokens):
+    cache = PrefixCache(SnapshottingModel(exact_model))
+    serve(cache, golden_tokens[:150], golden_tokens[150:160])
+    prompt = golden_tokens[:131] + golden_tokens[290:320]
+    assert common_prefix(prompt, golden_tokens[:160]) == 131
+    logits = serve(cache, prompt, [])
+    # Cut at 131: the snapshot at 128 is restored and 3 tokens are prefilled again.
+    assert (cache.reused_tokens, cache.replayed_tokens) == (128, 3)
+    assert cache.prefilled_tokens == 150 + (len(prompt) - 131) + 3
+    assert_fresh(exact_model, prompt, logits, 131)
+    # The cached conversation is intact: extending it still reuses all 160 tokens.
+    logits = serve(cache, golden_tokens[:200], [])
+    assert_fresh(exact_model, golden_tokens[:200], logits, 160)
