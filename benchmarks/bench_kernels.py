@@ -6,14 +6,20 @@ Regimes (V4-Flash shapes: D 4096, 64 heads of 512, 256 experts of 2048, 6 per to
 * FP4 GEMM and the fused MoE at decode (GB/s of weights read) and MoE prefill (TFLOPS);
 * sparse attention decode over 128 window + 512 selected entries, bf16 and FP8 KV (GB/s);
 * indexer scores over 16k compressed keys; activation quantization; mHC pre/post (GB/s).
+* the fused indexer score + top-k at decode (one query, 16k keys, top 512: split scan).
 Baselines are the torch references unless named. Prints a table with ratios against the
-baseline and the share of the device's peak, then one JSON line. Runs in a few minutes.
+baseline, the share of the device's peak and the issue's target where there is one, then one
+JSON line. Runs in a few minutes; sections stop being started after 8 minutes so the whole
+run stays under 10. A failing row (or baseline) is reported on stderr and skipped.
+
+Usage: python benchmarks/bench_kernels.py   (exit 2 without a CUDA device)
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -34,6 +40,15 @@ class Row:
     gbps: float  # of the Triton kernel
     speedup: float  # baseline_ms / triton_ms
     peak_pct: float  # of FP8 peak (GEMMs) or HBM bandwidth (memory-bound rows)
+    target_pct: float | None = None  # the issue's target for this row, same unit
+    meets_target: bool | None = None
+
+
+# The issue's targets (% of FP8 peak for the prefill GEMM, % of HBM bandwidth for decode).
+_TARGETS = {("fp8_gemm", True): 30.0, ("fp8_gemm", False): 60.0, ("fp4_gemm", False): 60.0,
+            ("moe", False): 60.0, ("sparse_attn", False): 50.0,
+            ("sparse_attn_fp8kv", False): 50.0}  # fmt: skip
+_DEADLINE_S = 480.0
 
 
 def _ms(fn: Callable[[], object]) -> float:
@@ -42,12 +57,23 @@ def _ms(fn: Callable[[], object]) -> float:
     return float(do_bench(fn, warmup=10, rep=50))
 
 
-def _row(name, shape, fn, base_name, base_fn, flops, nbytes, peaks, compute_bound) -> Row:
-    t = _ms(fn)
-    b = _ms(base_fn) if base_fn is not None else float("nan")
+def _row(name, shape, fn, base_name, base_fn, flops, nbytes, peaks, compute_bound) -> Row | None:
+    """Time the kernel and its baseline; None (reported on stderr) if the kernel fails."""
+    try:
+        t = _ms(fn)
+    except Exception as exc:  # one failing kernel must not hide the other figures
+        print(f"{name} {shape}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
+    try:
+        b = _ms(base_fn) if base_fn is not None else float("nan")
+    except Exception as exc:
+        print(f"{name} {shape} baseline {base_name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        b = float("nan")
     tflops, gbps = flops / t / 1e9, nbytes / t / 1e6
     pct = 100 * (tflops / peaks[1] if compute_bound else gbps / peaks[2])
-    return Row(name, shape, t, base_name, b, tflops, gbps, b / t, pct)
+    target = _TARGETS.get((name, compute_bound))
+    met = None if target is None else pct >= target
+    return Row(name, shape, t, base_name, b, tflops, gbps, b / t, pct, target, met)
 
 
 def _fp8_gemm_rows(dev, peaks) -> list[Row]:
@@ -206,6 +232,30 @@ def _indexer_rows(dev, peaks) -> list[Row]:
     return rows
 
 
+def _index_topk_rows(dev, peaks) -> list[Row]:
+    from dsv4.kernels.indexer import index_scores_ref, index_topk_ref
+    from dsv4.kernels.indexer_triton import index_score_topk_triton
+
+    m, n, h, d, topk = 1, 16384, 64, 128, 512
+    q = torch.randn(1, m, h, d, device=dev, dtype=torch.bfloat16)
+    k = torch.randn(1, n, d, device=dev, dtype=torch.bfloat16)
+    w = torch.randn(1, m, h, device=dev, dtype=torch.bfloat16)
+    pos = torch.full((m,), 4 * n - 1, device=dev)
+    return [
+        _row(
+            "index_score_topk",
+            f"M={m} N={n} k={topk}",
+            lambda: index_score_topk_triton(q, k, w, pos, 4, topk),
+            "torch_ref",
+            lambda: index_topk_ref(index_scores_ref(q, k, w), pos, 4, topk),
+            2 * m * n * h * d,
+            2 * (n * d + m * h * d) + 4 * m * topk,
+            peaks,
+            False,
+        )
+    ]
+
+
 def _elementwise_rows(dev, peaks) -> list[Row]:
     from dsv4.kernels.mhc import hc_post_ref, hc_pre_ref
     from dsv4.kernels.mhc_triton import hc_post_triton, hc_pre_triton
@@ -256,6 +306,12 @@ def _elementwise_rows(dev, peaks) -> list[Row]:
     ]
 
 
+def _target_text(r: Row) -> str:
+    if r.target_pct is None:
+        return "-"
+    return f"{'ok' if r.meets_target else 'MISS'}{r.target_pct:.0f}"
+
+
 def _peaks(name: str) -> tuple[float, float, float]:
     for key, value in _PEAKS.items():
         if key in name:
@@ -275,29 +331,40 @@ def main() -> int:
     name = torch.cuda.get_device_name(dev)
     peaks = _peaks(name)
     rows: list[Row] = []
+    start = time.monotonic()
     for section in (
         _fp8_gemm_rows,
         _fp4_gemm_rows,
         _moe_rows,
         _attn_rows,
         _indexer_rows,
+        _index_topk_rows,
         _elementwise_rows,
     ):
+        if time.monotonic() - start > _DEADLINE_S:
+            print(
+                f"{section.__name__}: skipped, past the {_DEADLINE_S:.0f} s budget", file=sys.stderr
+            )
+            continue
         try:
-            rows += section(dev, peaks)
+            rows += [r for r in section(dev, peaks) if r is not None]
         except Exception as exc:  # one failing section must not hide the others' figures
             print(f"{section.__name__}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        torch.cuda.empty_cache()
     print(f"device: {name}; peaks bf16 {peaks[0]} / fp8 {peaks[1]} TFLOPS, HBM {peaks[2]} GB/s")
     print(
         f"{'kernel':18} {'shape':22} {'ms':>9} {'TFLOPS':>8} {'GB/s':>8} {'%peak':>6} "
-        f"{'baseline':20} {'base ms':>9} {'ratio':>7}"
+        f"{'baseline':20} {'base ms':>9} {'ratio':>7} {'target':>7}"
     )
     for r in rows:
         print(
             f"{r.kernel:18} {r.shape:22} {r.triton_ms:9.4f} {r.tflops:8.1f} {r.gbps:8.0f} "
-            f"{r.peak_pct:6.1f} {r.baseline:20} {r.baseline_ms:9.4f} {r.speedup:7.2f}"
+            f"{r.peak_pct:6.1f} {r.baseline:20} {r.baseline_ms:9.4f} {r.speedup:7.2f} "
+            f"{_target_text(r):>7}"
         )
-    print(json.dumps({"device": name, "rows": [asdict(r) for r in rows]}))
+    elapsed = time.monotonic() - start
+    print(json.dumps({"device": name, "elapsed_s": round(elapsed, 1),
+                      "rows": [asdict(r) for r in rows]}))  # fmt: skip
     return 0
 
 

@@ -1,12 +1,13 @@
 """Triton twins of `gemm.py`: block-scaled FP8 x FP8 and FP8 x FP4 GEMMs, bf16 output.
 
-fp8_gemm: each 128-wide K block goes to a fresh fp32 tensor-core accumulator, is scaled by
-a_s[m, kb] * b_s[n // 128, kb] (both powers of two, so the scaling is exact) and added to
-the running fp32 sum - the reference's double accumulation.
-fp4_gemm: the same with 32-wide K blocks; e2m1 codes are decoded to fp32 and cast to e4m3
-(exact: every e2m1 value is an e4m3 value), so the dot is still FP8 x FP8. The FP4 kernel
-also serves the fused MoE (`moe_triton.py`): rows gathered through an index list and one
-expert weight per row block.
+fp8_gemm: each 128-wide K block goes to a fresh fp32 tensor-core accumulator (e4m3 x e4m3
+on sm_89+, exact bf16 upcasts before that), is scaled by a_s[m, kb] * b_s[n // 128, kb]
+(both powers of two, so the scaling is exact) and added to the running fp32 sum - the
+reference's double accumulation, which also bounds the FP8 MMA's reduced-precision
+accumulation to 128 products.
+fp4_gemm: 128-wide K steps over e2m1 codes decoded and multiplied by their per-32 scales
+(exact), one bf16 dot per step (see `fp4_gemm_tile`). The FP4 tile also serves the fused
+MoE (`moe_triton.py`): rows gathered through an index list, one expert per row block.
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from .triton_util import (
     check_same_device,
     check_tensor,
     decode_e2m1,
+    dot_bf16_exact,
+    dot_fp8,
     e8m0_to_fp32,
+    fp8_dot_supported,
     round_bf16,
 )
 
@@ -42,6 +46,7 @@ def gemm_tiles(m: int) -> tuple[int, int, int]:
 def _fp8_gemm_kernel(
     a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, M, N, K,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, OUT_BF16: tl.constexpr,
+    FP8_DOT: tl.constexpr,
 ):  # fmt: skip
     pid_m, pid_n = tl.program_id(0), tl.program_id(1)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -55,7 +60,7 @@ def _fp8_gemm_kernel(
     for kb in range(n_kb):
         a = tl.load(a_rows + kb * 128, mask=m_ok[:, None], other=0.0)
         b = tl.load(b_rows + kb * 128, mask=n_ok[:, None], other=0.0)
-        blk = tl.dot(a, tl.trans(b), out_dtype=tl.float32)
+        blk = dot_fp8(a, tl.trans(b), FP8_DOT)
         sa = tl.load(as_ptr + rm * n_kb + kb, mask=m_ok, other=0.0)
         sb = e8m0_to_fp32(tl.load(bs_ptr + (rn // 128) * n_kb + kb, mask=n_ok, other=0))
         acc += blk * sa[:, None] * sb[None, :]
@@ -91,7 +96,8 @@ def fp8_gemm_triton(
     grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
     _fp8_gemm_kernel[grid](
         a.contiguous(), a_s.contiguous(), b.contiguous(), b_s.contiguous().view(torch.uint8),
-        c, m, n, k, bm, bn, out_dtype == torch.bfloat16, num_warps=warps, num_stages=3,
+        c, m, n, k, bm, bn, out_dtype == torch.bfloat16, fp8_dot_supported(a.device),
+        num_warps=warps, num_stages=3,
     )  # fmt: skip
     return c
 
@@ -102,17 +108,19 @@ def _check_out(out_dtype: torch.dtype) -> None:
 
 
 @triton.jit
-def _fp4_weight_block(b_ptr, bs_ptr, rn, n_ok, kb, K):
-    """One 32-wide K block of an FP4 weight: rows rn -> (e2m1 values [BN, 32] fp32, scales)."""
-    half = tl.arange(0, 16)
-    packed = tl.load(b_ptr + rn.to(tl.int64)[:, None] * (K // 2) + kb * 16 + half[None, :],
+def _fp4_weight_slice(b_ptr, bs_ptr, rn, n_ok, k0, K):
+    """Rows rn, columns k0..k0+127 of a packed FP4 weight, dequantized: fp32 [BN, 128]. Each
+    e2m1 value times its per-32 e8m0 scale is exact in fp32 and in bf16."""
+    r64 = rn.to(tl.int64)[:, None]
+    packed = tl.load(b_ptr + r64 * (K // 2) + k0 // 2 + tl.arange(0, 64)[None, :],
                      mask=n_ok[:, None], other=0).to(tl.uint8)  # fmt: skip
     lo = decode_e2m1(packed & 0xF)
     hi = decode_e2m1(packed >> 4)
     # Low nibble = even element: join puts lo/hi side by side, the reshape interleaves them.
-    vals = tl.reshape(tl.join(lo, hi), (lo.shape[0], 32))
-    sb = e8m0_to_fp32(tl.load(bs_ptr + rn.to(tl.int64) * (K // 32) + kb, mask=n_ok, other=0))
-    return vals, sb
+    vals = tl.reshape(tl.join(lo, hi), (lo.shape[0], 4, 32))
+    sb = tl.load(bs_ptr + r64 * (K // 32) + k0 // 32 + tl.arange(0, 4)[None, :],
+                 mask=n_ok[:, None], other=0)  # fmt: skip
+    return tl.reshape(vals * e8m0_to_fp32(sb)[:, :, None], (lo.shape[0], 128))
 
 
 @triton.jit
@@ -121,22 +129,26 @@ def fp4_gemm_tile(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, A_FP8: tl.constexpr,
 ):  # fmt: skip
     """acc[BLOCK_M, BLOCK_N] = A[a_rows] @ dequant(B[rn])^T over all of K, in fp32.
-    A_FP8: A is e4m3 with fp32 scales per 128 (the reference's fp4_gemm); otherwise A is an
-    fp32/bf16 activation and B is dequantized exactly (the MoE without quantization
-    simulation), with an IEEE fp32 dot."""
-    rk = tl.arange(0, 32)
+
+    A_FP8: A is e4m3 with fp32 scales per 128 (the reference's fp4_gemm). The weight's
+    per-32 scales are folded into its values (exact), so each 128-wide K step is one bf16
+    tensor-core dot (e4m3 and scaled e2m1 values are bf16-exact: the products are the
+    reference's) scaled by the activation scale. bf16 MMAs accumulate in full fp32, where
+    FP8 MMAs on Hopper keep fewer bits, and a 128-deep K step needs a quarter of the
+    accumulator rescales that per-32 FP8 dots would. Otherwise A is an fp32/bf16
+    activation (the MoE without quantization simulation): an IEEE fp32 dot."""
+    rk = tl.arange(0, 128)
+    a_rows = a_rows.to(tl.int64)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    a_base = a_ptr + a_rows.to(tl.int64)[:, None] * K + rk[None, :]
-    for kb in range(K // 32):
-        vals, sb = _fp4_weight_block(b_ptr, bs_ptr, rn, n_ok, kb, K)
-        a = tl.load(a_base + kb * 32, mask=a_ok[:, None], other=0.0)
+    a_base = a_ptr + a_rows[:, None] * K + rk[None, :]
+    for k0 in range(0, K, 128):
+        w = _fp4_weight_slice(b_ptr, bs_ptr, rn, n_ok, k0, K)
+        a = tl.load(a_base + k0, mask=a_ok[:, None], other=0.0).to(tl.float32)
         if A_FP8:
-            blk = tl.dot(a, tl.trans(vals.to(tl.float8e4nv)), out_dtype=tl.float32)
-            sa = tl.load(as_ptr + a_rows.to(tl.int64) * (K // 128) + kb // 4, mask=a_ok, other=0.0)
-            acc += blk * sa[:, None] * sb[None, :]
+            sa = tl.load(as_ptr + a_rows * (K // 128) + k0 // 128, mask=a_ok, other=0.0)
+            acc += dot_bf16_exact(a, tl.trans(w)) * sa[:, None]
         else:
-            w = vals * sb[:, None]
-            acc += tl.dot(a.to(tl.float32), tl.trans(w), input_precision="ieee")
+            acc += tl.dot(a, tl.trans(w), input_precision="ieee")
     return acc
 
 

@@ -34,11 +34,12 @@ def _sinkhorn(m_ptr, sc_ptr, base_ptr, rows, r_ok, stride, iters, eps, HC: tl.co
     pre = tl.sigmoid(pre_l) + eps
     post = 2.0 * tl.sigmoid(post_l)
     c = tl.exp(c - tl.max(c, axis=2)[:, :, None])
-    c = c / tl.sum(c, axis=2)[:, :, None] + eps
-    c = c / (tl.sum(c, axis=1)[:, None, :] + eps)
+    # div_rn: IEEE divisions like torch's (a GPU `/` is only within 2 ulp).
+    c = tl.div_rn(c, tl.sum(c, axis=2)[:, :, None]) + eps
+    c = tl.div_rn(c, tl.sum(c, axis=1)[:, None, :] + eps)
     for _ in range(iters - 1):
-        c = c / (tl.sum(c, axis=2)[:, :, None] + eps)
-        c = c / (tl.sum(c, axis=1)[:, None, :] + eps)
+        c = tl.div_rn(c, tl.sum(c, axis=2)[:, :, None] + eps)
+        c = tl.div_rn(c, tl.sum(c, axis=1)[:, None, :] + eps)
     return pre, post, c
 
 
@@ -122,7 +123,8 @@ def _hc_pre_kernel(
         )
         acc += tl.dot(x, tl.trans(f), input_precision="ieee")
         sq += tl.sum(x * x, axis=1)
-    acc = acc * (1.0 / tl.sqrt(sq / width + norm_eps))[:, None]
+    # rsqrt as the reference computes it: 1 / sqrt, each IEEE-rounded.
+    acc = acc * tl.div_rn(1.0, tl.sqrt_rn(tl.div_rn(sq, width * 1.0) + norm_eps))[:, None]
     tl.store(mix_ptr + r64[:, None] * n_mix + outs[None, :], acc,
              mask=r_ok[:, None] & (outs < n_mix)[None, :])  # fmt: skip
     tl.debug_barrier()  # the split below reads the scratch rows other threads wrote

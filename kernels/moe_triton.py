@@ -19,7 +19,12 @@ import triton.language as tl
 
 from .gemm_triton import fp4_gemm_tile
 from .quant_triton import act_quant_triton
-from .triton_util import KernelArgumentError, check_same_device, check_tensor, round_bf16
+from .triton_util import (
+    KernelArgumentError,
+    check_same_device,
+    check_tensor,
+    round_bf16,
+)
 
 _BLOCK_M = 16
 _ACT = (torch.bfloat16, torch.float32)
@@ -83,7 +88,7 @@ def _moe_up_kernel(
         u = tl.clamp(u, -limit, limit)
         g = tl.minimum(g, limit)
         wt = tl.load(wt_ptr + tl.where(ok, pairs, 0), mask=ok, other=0.0)
-        a = g / (1.0 + tl.exp(-g)) * u * wt[:, None]
+        a = tl.div_rn(g, 1.0 + tl.exp(-g)) * u * wt[:, None]  # silu; IEEE divide
         if ACT_BF16:
             a = round_bf16(a)
         out = a_ptr + rows.to(tl.int64)[:, None] * I + rn[None, :]

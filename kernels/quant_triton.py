@@ -15,6 +15,7 @@ from .triton_util import (
     KernelArgumentError,
     check_tensor,
     pow2_ceil,
+    pow2_recip,
     round_bf16,
     round_e2m1,
     round_e4m3,
@@ -48,8 +49,8 @@ def _act_quant_kernel(
     kb = tl.program_id(1)
     x, offs, mask = _load_tile(x_ptr, rows, n_rows, n_cols, kb * BLOCK, BLOCK, BLOCK_M)
     s = _fp8_scale(x)
-    # x / s with s a power of two is exact, so the division order cannot matter.
-    q = round_e4m3(tl.clamp(x / s[:, None], -448.0, 448.0))
+    # x / s with s a power of two is exact: a multiply by the exact reciprocal gives it.
+    q = round_e4m3(tl.clamp(x * pow2_recip(s)[:, None], -448.0, 448.0))
     tl.store(q_ptr + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
     tl.store(s_ptr + rows.to(tl.int64) * (n_cols // BLOCK) + kb, s, mask=rows < n_rows)
 
@@ -63,7 +64,7 @@ def _act_quant_dequant_kernel(
         x_ptr, rows, n_rows, n_cols, tl.program_id(1) * BLOCK, BLOCK, BLOCK_M
     )
     s = _fp8_scale(x)
-    y = round_e4m3(tl.clamp(x / s[:, None], -448.0, 448.0)) * s[:, None]
+    y = round_e4m3(tl.clamp(x * pow2_recip(s)[:, None], -448.0, 448.0)) * s[:, None]
     if OUT_BF16:
         y = round_bf16(y)
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
@@ -79,8 +80,10 @@ def _fp4_act_quant_dequant_kernel(
     )
     # Spec §6.3: amax floor 6 * 2^-126, s = pow2ceil(amax / 6).
     amax = tl.maximum(tl.max(tl.abs(x), axis=1), 6.0 * 1.1754943508222875e-38)
-    s = pow2_ceil(amax / 6.0)
-    y = round_e2m1(tl.clamp(x / s[:, None], -6.0, 6.0)) * s[:, None]
+    # IEEE division (GPU `/` is within 2 ulp): amax/6 landing one ulp above a power of two
+    # would double the scale.
+    s = pow2_ceil(tl.div_rn(amax, 6.0))
+    y = round_e2m1(tl.clamp(x * pow2_recip(s)[:, None], -6.0, 6.0)) * s[:, None]
     if OUT_BF16:
         y = round_bf16(y)
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)

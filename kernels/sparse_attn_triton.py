@@ -70,8 +70,9 @@ def _sparse_attn_kernel(
     h_ok = heads < H
     qm = (b.to(tl.int64) * M + m) * H
     q_off = (qm + heads)[:, None] * D + cols[None, :]
+    # Operands stay in the activation dtype (half the registers of fp32 in bf16 mode): every
+    # value is bf16-exact, so the bf16 dots below see exactly the reference's numbers.
     q = tl.load(q_ptr + q_off, mask=h_ok[:, None] & (cols < D)[None, :], other=0.0)
-    q = q.to(tl.float32)
     run_max = tl.full((BLOCK_H,), float("-inf"), tl.float32)
     run_sum = tl.zeros((BLOCK_H,), tl.float32)
     acc = tl.zeros((BLOCK_H, DP), tl.float32)
@@ -81,6 +82,7 @@ def _sparse_attn_kernel(
         idx = tl.load(idx_row + ks, mask=ks < TOPK, other=-1)
         valid = idx >= 0
         kv = _gather_kv(kv_ptr, nope_ptr, ks_ptr, rope_ptr, b, N, idx, valid, cols, D, FP8)
+        kv = kv.to(q.dtype)  # exact: loaded values, or e4m3 x 2^k
         s = _dot(q, tl.trans(kv), ACT_BF16) * scale
         s = tl.where(valid[None, :], s, float("-inf"))
         new_max = tl.maximum(run_max, tl.max(s, axis=1))
@@ -95,7 +97,7 @@ def _sparse_attn_kernel(
         run_max = new_max
     safe = tl.where(run_max == float("-inf"), 0.0, run_max)
     sink = tl.load(sink_ptr + heads, mask=h_ok, other=0.0)
-    o = acc / (run_sum + tl.exp(sink - safe))[:, None]
+    o = tl.div_rn(acc, (run_sum + tl.exp(sink - safe))[:, None])  # IEEE, as torch divides
     if ACT_BF16:
         o = round_bf16(o)
     tl.store(o_ptr + q_off, o.to(o_ptr.dtype.element_ty), mask=h_ok[:, None] & (cols < D)[None, :])

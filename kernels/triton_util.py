@@ -57,6 +57,15 @@ def check_same_device(**tensors: torch.Tensor) -> torch.device:
     return next(iter(devices.values()))
 
 
+def fp8_dot_supported(device: torch.device) -> bool:
+    """Whether tl.dot takes e4m3 operands on this device: tensor cores have FP8 from sm_89
+    (Ada, Hopper); the interpreter emulates it. Elsewhere the kernels upcast to bf16, which
+    holds every e4m3 value exactly, so the products are the same."""
+    if device.type != "cuda":
+        return True
+    return torch.cuda.get_device_capability(device) >= (8, 9)
+
+
 def next_pow2(n: int, minimum: int = 16) -> int:
     """Smallest power of two >= max(n, minimum): tl.arange and tl.dot need it."""
     return max(minimum, triton.next_power_of_2(max(int(n), 1)))
@@ -68,6 +77,14 @@ def dot_bf16_exact(a, b):
     bf16 tensor cores on a GPU, IEEE fp32 under the interpreter (same products)."""
     if INTERPRETED:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), out_dtype=tl.float32)
+
+
+@triton.jit
+def dot_fp8(a, b, FP8_DOT: tl.constexpr):
+    """a @ b for e4m3 operands with fp32 accumulation (bf16 tensor cores without FP8 ones)."""
+    if FP8_DOT:
+        return tl.dot(a, b, out_dtype=tl.float32)
     return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), out_dtype=tl.float32)
 
 
@@ -107,6 +124,14 @@ def pow2_ceil(x):
 
 
 @triton.jit
+def pow2_recip(s):
+    """1/s, exactly, for a power of two s in [2^-126, 2^126] (from the exponent bits).
+    Kernels multiply by it instead of dividing: Triton's fp32 `/` compiles to a division
+    within 2 ulp on NVIDIA GPUs (div.full), not the IEEE one torch uses."""
+    return _from_bits((254 - ((_bits(s) >> 23) & 0xFF)) << 23)
+
+
+@triton.jit
 def round_e4m3(y):
     """fp32 with |y| <= 448 -> the nearest float8_e4m3fn value (ties to even), in fp32."""
     b = _bits(y)
@@ -128,7 +153,7 @@ def round_e2m1(y):
     sign = b & 0x80000000
     a = _from_bits(b & 0x7FFFFFFF)
     step = tl.where(a < 2.0, 0.5, tl.where(a < 4.0, 1.0, 2.0))
-    r = _rint(a / step) * step
+    r = _rint(a * pow2_recip(step)) * step
     return _from_bits(_bits(r) | sign)
 
 
