@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from dsv4.agent.git import git
 from dsv4.agent.testcmd import TestRun, detect_test_command, run_tests
 from dsv4.agent.workspace import changed_files, fingerprint
 
@@ -90,24 +91,19 @@ def _config_from_table(table: dict[str, Any], path: Path) -> HookConfig:
 # -- git plumbing --------------------------------------------------------------------------
 
 
-def _git(root: Path, *args: str, check: bool = True, **kw: Any) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["git", *args], cwd=root, capture_output=True, **kw)
-    if check and proc.returncode != 0:
-        err = (
-            proc.stderr.decode(errors="replace") if isinstance(proc.stderr, bytes) else proc.stderr
-        )
-        raise HookError(f"git {' '.join(args)} failed in {root}: {err.strip()}")
-    return proc
+def _git(root: Path, *args: str, **kw: Any) -> subprocess.CompletedProcess:
+    # The hook's environment is kept: inside `git commit` it names the index being committed.
+    return git(root, *args, error=HookError, **kw)
 
 
 def repo_root(path: Path) -> Path:
-    out = _git(path, "rev-parse", "--show-toplevel", text=True)
+    out = _git(path, "rev-parse", "--show-toplevel")
     return Path(out.stdout.strip())
 
 
 def _git_path(root: Path, name: str) -> Path:
     """A path inside the git dir (honours core.hooksPath and worktrees)."""
-    out = _git(root, "rev-parse", "--git-path", name, text=True).stdout.strip()
+    out = _git(root, "rev-parse", "--git-path", name).stdout.strip()
     return (root / out).resolve()
 
 
@@ -174,7 +170,8 @@ def staged_only(root: Path, report: Callable[[str], None]) -> Iterator[None]:
     The unstaged diff is written to a patch file before any file is touched, and re-applied
     on exit whatever happened; the patch file is removed only after a clean re-apply.
     """
-    diff = _git(root, "diff", "--binary", "--no-color", "--no-ext-diff", "--full-index").stdout
+    diff_args = ("diff", "--binary", "--no-color", "--no-ext-diff", "--full-index")
+    diff = _git(root, *diff_args, text=False).stdout
     if not diff:
         yield
         return
@@ -288,7 +285,7 @@ def _check_and_fix(root, cfg, commands, deadline, fixer, confirm, report) -> Hoo
     if code != 0 or not changed:
         _discard(root, changed)
         return HookOutcome(1, f"dsv4 hook: commit blocked: the agent did not fix it (exit {code})")
-    diff = _git(root, "diff", "--no-color", "--", *changed, text=True, check=False).stdout
+    diff = _git(root, "diff", "--no-color", "--", *changed, check=False).stdout
     if not _should_restage(cfg, confirm, diff, changed):
         _discard(root, changed)
         return HookOutcome(1, "dsv4 hook: commit blocked: fixes not staged")
@@ -308,9 +305,7 @@ def _should_restage(cfg: HookConfig, confirm: Confirm | None, diff: str, files: 
 
 def _discard(root: Path, files: list[str]) -> None:
     """Undo the agent's changes to `files` (back to the staged version; new files removed)."""
-    tracked = (
-        set(_git(root, "ls-files", "--", *files, text=True).stdout.split("\n")) if files else set()
-    )
+    tracked = set(_git(root, "ls-files", "--", *files).stdout.split("\n")) if files else set()
     for rel in files:
         if rel in tracked:
             _git(root, "checkout-index", "--force", "--", rel)

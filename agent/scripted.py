@@ -10,11 +10,11 @@ tests and by the README's first command (where it is labelled as a replay).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from dsv4.agent.backend import ModelError, ModelTurn, StreamCallback
+from dsv4.agent.jsonl import read_jsonl
 from dsv4.engine.dsml import StreamParser
 
 # Feed the parser in small pieces so callers see streaming events as with a live model.
@@ -27,18 +27,8 @@ class ScriptError(ValueError):
 
 def load_script(path: Path) -> list[str]:
     """The completions of a script file, validated line by line."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ScriptError(f"cannot read script {path}: {exc.strerror}") from exc
     completions = []
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ScriptError(f"{path}:{lineno}: not JSON ({exc.msg})") from exc
+    for lineno, record in read_jsonl(Path(path), "script", ScriptError):
         if not isinstance(record, dict) or not isinstance(record.get("completion"), str):
             raise ScriptError(f'{path}:{lineno}: expected {{"completion": "..."}}')
         completions.append(record["completion"])

@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from dsv4.agent.jsonl import read_jsonl
+
 SUFFIX = ".jsonl"
 
 
@@ -159,20 +161,8 @@ def _drop_torn_tail(path: Path) -> None:
 
 
 def _read_records(path: Path) -> list[dict[str, Any]]:
-    try:
-        lines = path.read_text(encoding="utf-8").split("\n")
-    except OSError as exc:
-        raise SessionLogError(f"cannot read session log {path}: {exc}") from exc
     records = []
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if lineno == len(lines):  # no newline after it: a write cut short by a crash
-                break
-            raise SessionLogError(f"{path}:{lineno}: not a JSON record ({exc.msg})") from exc
+    for lineno, record in read_jsonl(path, "session log", SessionLogError, torn_tail_ok=True):
         if not isinstance(record, dict) or "kind" not in record:
             raise SessionLogError(f"{path}:{lineno}: expected an object with a 'kind'")
         records.append(record)

@@ -19,19 +19,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from dsv4.agent.git import DSV4_IDENTITY, git
+
 REF_PREFIX = "refs/dsv4/snapshots/"
 # The state that an undo replaced, kept so that an undo can itself be recovered by hand
 # (`git checkout refs/dsv4/undone -- .`); overwritten by the next undo.
 UNDONE_REF = "refs/dsv4/undone"
 
-# Snapshot commits carry a fixed identity so they work in repositories (and CI containers)
-# without a configured user, and are never signed: signing could prompt for a passphrase.
-_IDENTITY = {
-    "GIT_AUTHOR_NAME": "dsv4",
-    "GIT_AUTHOR_EMAIL": "dsv4@localhost",
-    "GIT_COMMITTER_NAME": "dsv4",
-    "GIT_COMMITTER_EMAIL": "dsv4@localhost",
-}
 # Variables a git hook exports that would redirect our commands to another index or tree.
 _GIT_ENV_DROP = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_PREFIX", "GIT_OBJECT_DIRECTORY")
 
@@ -65,7 +59,7 @@ class Snapshots:
         self.root = Path(root).resolve()
         if not self.root.is_dir():
             raise SnapshotError(f"cannot snapshot {self.root}: not a directory")
-        probe = _git(self.root, ["rev-parse", "--show-toplevel", "--absolute-git-dir"], check=False)
+        probe = _git(self.root, "rev-parse", "--show-toplevel", "--absolute-git-dir", check=False)
         if probe.returncode != 0:
             raise SnapshotError(
                 f"cannot snapshot {self.root}: not inside a git work tree; "
@@ -134,10 +128,12 @@ class Snapshots:
         with self._private_index() as env:
             self._run(["add", "-A", "--", "."], env=env)
             tree = self._run(["write-tree"], env=env).strip()
+        # A fixed identity (works without a configured user), and never signed: signing
+        # could prompt for a passphrase.
         args = ["-c", "commit.gpgSign=false", "commit-tree", tree, "-m", message]
         if parent:
             args += ["-p", parent]
-        return self._run(args, env={**_clean_env(), **_IDENTITY}).strip()
+        return self._run(args, env={**_clean_env(), **DSV4_IDENTITY}).strip()
 
     @contextmanager
     def _private_index(self) -> Iterator[dict[str, str]]:
@@ -162,27 +158,15 @@ class Snapshots:
         return _parse_ref_line(out.splitlines()[0])
 
     def _run(self, args: list[str], env: dict[str, str] | None = None) -> str:
-        proc = _git(self.toplevel, args, env=env)
-        return proc.stdout
+        return _git(self.toplevel, *args, env=env).stdout
 
 
 def _git(
-    cwd: Path, args: list[str], env: dict[str, str] | None = None, check: bool = True
+    cwd: Path, *args: str, env: dict[str, str] | None = None, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    try:
-        proc = subprocess.run(
-            ["git", "-C", str(cwd), *args],
-            env=env if env is not None else _clean_env(),
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-        )
-    except FileNotFoundError as exc:
-        raise SnapshotError("git is not installed (needed for workspace snapshots)") from exc
-    if check and proc.returncode != 0:
-        command = " ".join(["git", *args])
-        raise SnapshotError(f"`{command}` failed in {cwd}: {proc.stderr.strip()}")
-    return proc
+    # A hook's GIT_DIR / GIT_INDEX_FILE would point our commands elsewhere: drop them.
+    env = env if env is not None else _clean_env()
+    return git(cwd, *args, env=env, check=check, error=SnapshotError)
 
 
 def _clean_env() -> dict[str, str]:

@@ -1,23 +1,21 @@
 """Finding and running a repository's test command.
 
 `detect_test_command` looks at the files a project keeps at its root; `run_tests` runs a
-command in its own process group (so a timeout kills test servers and workers it spawned
-too) and reduces the output to what an agent and a terminal need: a truncated transcript
-and a one-line summary. `summarize` and `truncate` are pure, for the tests.
+command as the tools run theirs (`tools/process.py`: its own process group, so a timeout
+kills test servers and workers it spawned too, and the same quiet environment) and reduces
+the output to what an agent and a terminal need: a truncated transcript and a one-line
+summary. `summarize` and `truncate` are pure, for the tests.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import shutil
-import signal
-import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from dsv4.tools.process import run_command
 
 # Output kept for the model: the start (collection errors, the first failure) and the end
 # (the failure summary), which is where test runners put what matters.
@@ -110,54 +108,19 @@ def _has_python_tests(folder: Path) -> bool:
 
 def run_tests(command: str, root: Path, timeout: float) -> TestRun:
     """Run `command` through the shell in `root`; kill its whole process group on timeout."""
-    start = time.monotonic()
-    proc = subprocess.Popen(
-        command,
-        shell=True,
-        cwd=root,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group, so the timeout reaches grandchildren
-    )
-    timed_out = False
-    try:
-        raw, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        raw = _kill_group(proc)
-    duration = time.monotonic() - start
-    output = raw.decode("utf-8", errors="replace")
-    exit_code = None if timed_out else proc.returncode
-    summary = summarize(output, exit_code)
-    if timed_out:
+    outcome = run_command(["/bin/sh", "-c", command], root, timeout, grace_s=KILL_GRACE_S)
+    summary = summarize(outcome.output, outcome.exit_code)
+    if outcome.timed_out:
         summary = f"timed out after {timeout:g}s" + (f" ({summary})" if summary else "")
     return TestRun(
         command=command,
-        passed=exit_code == 0,
-        exit_code=exit_code,
-        output=truncate(output),
-        duration_s=duration,
+        passed=outcome.exit_code == 0,
+        exit_code=outcome.exit_code,
+        output=truncate(outcome.output),
+        duration_s=outcome.seconds,
         summary=summary,
-        timed_out=timed_out,
+        timed_out=outcome.timed_out,
     )
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> bytes:
-    """SIGTERM the group, then SIGKILL it; return whatever output was produced."""
-    for sig, wait in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, KILL_GRACE_S)):
-        with contextlib.suppress(ProcessLookupError):  # already gone
-            os.killpg(proc.pid, sig)
-        try:
-            raw, _ = proc.communicate(timeout=wait)
-            return raw
-        except subprocess.TimeoutExpired:
-            continue
-    # A process that left the group still holds the pipe open; stop reading from it.
-    if proc.stdout is not None:
-        proc.stdout.close()
-    proc.wait()
-    return b""
 
 
 def truncate(text: str, head: int = HEAD_CHARS, tail: int = TAIL_CHARS) -> str:

@@ -8,16 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 from pathlib import Path
 
-# A fixed fallback identity so `--commit` works where no git user is configured (CI).
-_FALLBACK_IDENTITY = {
-    "GIT_AUTHOR_NAME": "dsv4",
-    "GIT_AUTHOR_EMAIL": "dsv4@localhost",
-    "GIT_COMMITTER_NAME": "dsv4",
-    "GIT_COMMITTER_EMAIL": "dsv4@localhost",
-}
+from dsv4.agent.git import DSV4_IDENTITY, git
 
 
 class CommitError(RuntimeError):
@@ -25,19 +18,14 @@ class CommitError(RuntimeError):
 
 
 def _git(root: Path, *args: str, env: dict[str, str] | None = None) -> str:
-    proc = subprocess.run(
-        ["git", *args], cwd=root, capture_output=True, text=True, env=env, check=False
-    )
-    if proc.returncode != 0:
-        raise CommitError(f"git {' '.join(args)} failed in {root}: {proc.stderr.strip()}")
-    return proc.stdout
+    return git(root, *args, env=env, error=CommitError).stdout
 
 
 def fingerprint(root: Path) -> dict[str, str]:
     """Content hash of every tracked or untracked, non-ignored file under `root`."""
     try:
         out = _git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
-    except (CommitError, OSError):
+    except CommitError:  # not a git work tree (or no git): nothing to compare
         return {}
     hashes = {}
     for rel in sorted(set(filter(None, out.split("\0")))):
@@ -62,14 +50,12 @@ def commit_changes(root: Path, files: list[str], message: str) -> str:
     """
     _git(root, "add", "-A", "--", *files)
     env = dict(os.environ)
-    if not _git_has_identity(root):
-        env.update(_FALLBACK_IDENTITY)
+    if not _git_has_identity(root):  # fall back to dsv4's own, so `--commit` works in CI
+        env.update(DSV4_IDENTITY)
     _git(root, "commit", "--no-verify", "-q", "-m", message, "--", *files, env=env)
     return _git(root, "rev-parse", "HEAD").strip()
 
 
 def _git_has_identity(root: Path) -> bool:
-    proc = subprocess.run(
-        ["git", "config", "user.email"], cwd=root, capture_output=True, text=True, check=False
-    )
+    proc = git(root, "config", "user.email", check=False, error=CommitError)
     return proc.returncode == 0 and bool(proc.stdout.strip())

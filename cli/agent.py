@@ -6,8 +6,10 @@ event) to stdout. Nothing here prompts under `--ci` or `--yes`, or without a ter
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -55,59 +57,62 @@ NoIndexOpt = Annotated[
 ]
 
 
+# The options `fix` and `run` share, in the order `--help` lists them: (name, type, default).
+_SHARED_OPTIONS = [
+    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=hint)
+    for name, hint, default in (
+        ("test", TestOpt, None),
+        ("model", ModelOpt, None),
+        ("endpoint", EndpointOpt, None),
+        ("endpoint_model", EndpointModelOpt, None),
+        ("api_key", ApiKeyOpt, None),
+        ("script", ScriptOpt, None),
+        ("json_out", JsonOpt, False),
+        ("yes", YesOpt, False),
+        ("ci", CiOpt, False),
+        ("max_steps", StepsOpt, None),
+        ("timeout", TimeoutOpt, None),
+        ("seed", SeedOpt, None),
+        ("no_thinking", NoThinkOpt, False),
+        ("commit", CommitOpt, False),
+        ("resume", ResumeOpt, None),
+        ("no_index", NoIndexOpt, False),
+    )
+]
+
+
+def _with_shared_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give `command` the shared options; it receives them as `**flags`.
+
+    Typer reads a command's options from its signature, so they are appended to the
+    signature here rather than written out in both commands.
+    """
+    own = inspect.signature(command, eval_str=True).parameters.values()
+    kept = [p for p in own if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    command.__signature__ = inspect.Signature([*kept, *_SHARED_OPTIONS])  # type: ignore[attr-defined]
+    return command
+
+
 @app.command("fix")
-def fix_command(
-    path: PathArg = Path("."),
-    test: TestOpt = None,
-    model: ModelOpt = None,
-    endpoint: EndpointOpt = None,
-    endpoint_model: EndpointModelOpt = None,
-    api_key: ApiKeyOpt = None,
-    script: ScriptOpt = None,
-    json_out: JsonOpt = False,
-    yes: YesOpt = False,
-    ci: CiOpt = False,
-    max_steps: StepsOpt = None,
-    timeout: TimeoutOpt = None,
-    seed: SeedOpt = None,
-    no_thinking: NoThinkOpt = False,
-    commit: CommitOpt = False,
-    resume: ResumeOpt = None,
-    no_index: NoIndexOpt = False,
-) -> None:
+@_with_shared_options
+def fix_command(path: PathArg = Path("."), **flags: Any) -> None:
     """Run the tests and, while they fail, let the model fix the code."""
     from dsv4.agent.fix import fix
 
-    flags = locals().copy()
     cfg, events, renderer = _prepare(path, flags)
     raise typer.Exit(fix(cfg, events, renderer.on_stream) if cfg else 2)
 
 
 @app.command("run")
+@_with_shared_options
 def run_command(
     task: Annotated[str, typer.Argument(help="What the agent should do.")] = "",
     path: Annotated[Path, typer.Option("--path", "-C", help="Repository folder.")] = Path("."),
-    test: TestOpt = None,
-    model: ModelOpt = None,
-    endpoint: EndpointOpt = None,
-    endpoint_model: EndpointModelOpt = None,
-    api_key: ApiKeyOpt = None,
-    script: ScriptOpt = None,
-    json_out: JsonOpt = False,
-    yes: YesOpt = False,
-    ci: CiOpt = False,
-    max_steps: StepsOpt = None,
-    timeout: TimeoutOpt = None,
-    seed: SeedOpt = None,
-    no_thinking: NoThinkOpt = False,
-    commit: CommitOpt = False,
-    resume: ResumeOpt = None,
-    no_index: NoIndexOpt = False,
+    **flags: Any,
 ) -> None:
     """Run the agent loop on a free-form task."""
     from dsv4.agent.fix import run_task
 
-    flags = locals().copy()
     cfg, events, renderer = _prepare(path, flags)
     raise typer.Exit(run_task(task, cfg, events, renderer.on_stream) if cfg else 2)
 

@@ -9,7 +9,6 @@ policy marks `ask` are confirmed at the prompt.
 from __future__ import annotations
 
 import os
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -247,22 +246,11 @@ class _Repl:
 
 def _git_diff(root: Path, paths: list[str]) -> str:
     """`git diff HEAD` (or against the empty tree before the first commit) for `paths`."""
-    head = subprocess.run(
-        ["git", "rev-parse", "--verify", "-q", "HEAD"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    from dsv4.agent.git import git
+
+    head = git(root, "rev-parse", "--verify", "-q", "HEAD", check=False)
     base = ["HEAD"] if head.returncode == 0 else []
-    proc = subprocess.run(
-        ["git", "diff", "--no-color", *base, "--", *paths],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return proc.stdout
+    return git(root, "diff", "--no-color", *base, "--", *paths, check=False).stdout
 
 
 def _prompt_session() -> Any:

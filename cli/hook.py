@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -26,26 +27,27 @@ def _root(path: Path) -> Path:
 @app.command()
 def install(path: Annotated[Path, _PATH] = Path(".")) -> None:
     """Write the pre-commit hook (an existing hook is kept and runs first)."""
-    from dsv4.agent.hook import HookError
     from dsv4.agent.hook import install as do_install
 
-    try:
-        typer.echo(do_install(_root(path)))
-    except HookError as exc:
-        typer.echo(f"dsv4 hook install: {exc}", err=True)
-        raise typer.Exit(2) from None
+    _echo_or_exit("install", do_install, path)
 
 
 @app.command()
 def uninstall(path: Annotated[Path, _PATH] = Path(".")) -> None:
     """Remove the hook dsv4 wrote (and only that), restoring a chained hook."""
-    from dsv4.agent.hook import HookError
     from dsv4.agent.hook import uninstall as do_uninstall
 
+    _echo_or_exit("uninstall", do_uninstall, path)
+
+
+def _echo_or_exit(name: str, action: Callable[[Path], str], path: Path) -> None:
+    """Run `action` on the repository of `path` and print its note; a `HookError` exits 2."""
+    from dsv4.agent.hook import HookError
+
     try:
-        typer.echo(do_uninstall(_root(path)))
+        typer.echo(action(_root(path)))
     except HookError as exc:
-        typer.echo(f"dsv4 hook uninstall: {exc}", err=True)
+        typer.echo(f"dsv4 hook {name}: {exc}", err=True)
         raise typer.Exit(2) from None
 
 

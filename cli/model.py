@@ -53,6 +53,29 @@ def _runs(layers: list[int]) -> str:
 # -- info ----------------------------------------------------------------------------------------
 
 
+# `info`'s names for the ModelArgs fields it shows (ModelArgs keeps the reference names).
+_CONFIG_FIELDS = {
+    "hidden_size": "dim",
+    "layers": "n_layers",
+    "mtp_layers": "n_mtp_layers",
+    "heads": "n_heads",
+    "head_dim": "head_dim",
+    "q_lora_rank": "q_lora_rank",
+    "o_groups": "o_groups",
+    "o_lora_rank": "o_lora_rank",
+    "routed_experts": "n_routed_experts",
+    "active_experts": "n_activated_experts",
+    "shared_experts": "n_shared_experts",
+    "moe_inter_dim": "moe_inter_dim",
+    "hash_layers": "n_hash_layers",
+    "vocab_size": "vocab_size",
+    "window": "window_size",
+    "index_topk": "index_topk",
+    "index_heads": "index_n_heads",
+    "hc_mult": "hc_mult",
+}
+
+
 def _summary(path: Path) -> dict[str, Any]:
     """Everything `info` shows, from the config (and the shard headers when there are any)."""
     from dsv4.engine import inventory as inv
@@ -77,26 +100,7 @@ def _summary(path: Path) -> dict[str, Any]:
     return {
         "path": str(path),
         "source": "shard headers" if has_weights else "config only",
-        "config": {
-            "hidden_size": args.dim,
-            "layers": args.n_layers,
-            "mtp_layers": args.n_mtp_layers,
-            "heads": args.n_heads,
-            "head_dim": args.head_dim,
-            "q_lora_rank": args.q_lora_rank,
-            "o_groups": args.o_groups,
-            "o_lora_rank": args.o_lora_rank,
-            "routed_experts": args.n_routed_experts,
-            "active_experts": args.n_activated_experts,
-            "shared_experts": args.n_shared_experts,
-            "moe_inter_dim": args.moe_inter_dim,
-            "hash_layers": args.n_hash_layers,
-            "vocab_size": args.vocab_size,
-            "window": args.window_size,
-            "index_topk": args.index_topk,
-            "index_heads": args.index_n_heads,
-            "hc_mult": args.hc_mult,
-        },  # fmt: skip
+        "config": {key: getattr(args, field) for key, field in _CONFIG_FIELDS.items()},
         "params": {
             "total": p.total,
             "active_per_token": p.active,

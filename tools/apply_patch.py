@@ -10,12 +10,12 @@ from dsv4.tools.base import (
     ToolContext,
     ToolError,
     ToolResult,
-    check_not_stale,
-    guard_path,
     mark_mutation,
+    object_schema,
+    param,
     record_state,
 )
-from dsv4.tools.files import decode_text, load_bytes, store
+from dsv4.tools.files import decode_text, open_for_change, store
 from dsv4.tools.patching import FilePatch, PatchError, apply_file_patch, parse_patch
 
 
@@ -38,11 +38,9 @@ class ApplyPatchTool:
         "Either every file is patched or none is."
     )
     parameters: dict[str, Any] = field(
-        default_factory=lambda: {
-            "type": "object",
-            "properties": {"patch": {"type": "string", "description": "The unified diff text."}},
-            "required": ["patch"],
-        }
+        default_factory=lambda: object_schema(
+            ["patch"], patch=param("string", "The unified diff text.")
+        )
     )
 
     def run(self, args: dict[str, Any], ctx: ToolContext) -> ToolResult:
@@ -51,7 +49,7 @@ class ApplyPatchTool:
         except PatchError as exc:
             raise ToolError(f"Patch not applied (malformed): {exc}") from exc
         changes = [self._plan(p, ctx) for p in _refuse_duplicates(patches)]
-        mark_mutation(ctx, self.name)
+        mark_mutation(ctx, f"{self.name} {', '.join(c.rel for c in changes)}")
         _commit(changes)
         for change in changes:
             record_state(ctx, change.rel, change.after)
@@ -59,9 +57,7 @@ class ApplyPatchTool:
 
     def _plan(self, patch: FilePatch, ctx: ToolContext) -> _Change:
         """The new content of one file, computed in memory; nothing is written yet."""
-        path, rel = guard_path(ctx, patch.path, write=True)
-        before = load_bytes(path)
-        check_not_stale(ctx, rel, before)
+        path, rel, before = open_for_change(ctx, patch.path)
         try:
             after = apply_file_patch(decode_text(before, rel), patch)
         except PatchError as exc:
@@ -97,7 +93,7 @@ def _commit(changes: list[_Change]) -> None:
         for change in reversed(done):
             store(change.path, change.before)
         raise ToolError(
-            f"Patch not applied: writing {change.path.name} failed ({exc}); rolled back"
+            f"Patch not applied: writing {change.rel} failed ({exc}); rolled back"
         ) from exc
 
 

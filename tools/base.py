@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 from dsv4.tools.policy import Decision, Policy, repo_relative
 
+_LABEL_CHARS = 100
+
 
 @dataclass
 class ToolResult:
@@ -46,7 +48,8 @@ class ToolContext:
     test_command: str | None = None
     """Default command for `run_tests`."""
     before_mutation: Callable[[str], None] | None = None
-    """Called with the tool name right before a tool changes the workspace (undo snapshots)."""
+    """Called right before a tool changes the workspace (undo snapshots), with a one-line
+    description of the change: `edit calc.py`, `bash: make test`."""
 
     def __post_init__(self) -> None:
         self.root = Path(self.root).resolve()
@@ -101,6 +104,23 @@ def default_tools() -> list[Tool]:
         RunTestsTool(),
         GitDiffTool(),
     ]
+
+
+def param(json_type: str, description: str) -> dict[str, str]:
+    """One property of a tool's argument schema."""
+    return {"type": json_type, "description": description}
+
+
+FILE_PATH = param("string", "Path relative to the repository root.")
+
+
+def object_schema(required: list[str], **properties: dict[str, str]) -> dict[str, Any]:
+    """A tool's argument schema: a JSON object with `properties`, listed in this order."""
+    return {
+        "type": "object",
+        "properties": {name: dict(prop) for name, prop in properties.items()},
+        "required": list(required),
+    }
 
 
 def tool_schemas(tools: list[Tool]) -> list[dict[str, Any]]:
@@ -192,10 +212,18 @@ def guard_path(ctx: ToolContext, path: str, write: bool) -> tuple[Path, str]:
     return ctx.root / rel, rel
 
 
-def mark_mutation(ctx: ToolContext, tool_name: str) -> None:
-    """Tell the agent a workspace change is about to happen (it snapshots for undo)."""
-    if ctx.before_mutation is not None:
-        ctx.before_mutation(tool_name)
+def mark_mutation(ctx: ToolContext, label: str) -> None:
+    """Tell the agent a workspace change is about to happen (it snapshots for undo).
+
+    `label` says what changes (`edit calc.py`); it is folded onto one line and cut to
+    `_LABEL_CHARS`, since it becomes the title of an undo step.
+    """
+    if ctx.before_mutation is None:
+        return
+    label = " ".join(label.split())
+    if len(label) > _LABEL_CHARS:
+        label = label[: _LABEL_CHARS - 3] + "..."
+    ctx.before_mutation(label)
 
 
 def content_hash(data: bytes) -> str:

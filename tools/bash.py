@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from dsv4.tools.base import ToolContext, ToolResult, authorize, mark_mutation
+from dsv4.tools.base import (
+    ToolContext,
+    ToolResult,
+    authorize,
+    mark_mutation,
+    object_schema,
+    param,
+)
 from dsv4.tools.output import bounded_result
 from dsv4.tools.process import CommandOutcome, run_command
 from dsv4.tools.sandbox import detect_isolation, wrap
@@ -25,17 +32,11 @@ class BashTool:
         "git, ls/cat/grep/find) may need approval. Long output is cut to its head and tail."
     )
     parameters: dict[str, Any] = field(
-        default_factory=lambda: {
-            "type": "object",
-            "properties": {
-                "command": {"type": "string", "description": "The bash command line."},
-                "timeout": {
-                    "type": "integer",
-                    "description": "Seconds before it is killed (default 120, max 600).",
-                },
-            },
-            "required": ["command"],
-        }
+        default_factory=lambda: object_schema(
+            ["command"],
+            command=param("string", "The bash command line."),
+            timeout=param("integer", "Seconds before it is killed (default 120, max 600)."),
+        )
     )
 
     def run(self, args: dict[str, Any], ctx: ToolContext) -> ToolResult:
@@ -43,7 +44,7 @@ class BashTool:
         authorize(ctx, ctx.policy.decide_command(command), f"Run `{command}`?")
         timeout = min(max(1, args.get("timeout", self.default_timeout)), self.max_timeout)
         isolation = detect_isolation()
-        mark_mutation(ctx, self.name)
+        mark_mutation(ctx, f"{self.name}: {command}")
         outcome = run_command(wrap(["bash", "-c", command], isolation), ctx.root, timeout)
         text = describe(outcome, timeout)
         if isolation.level == "partial":

@@ -5,17 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from dsv4.tools.base import (
-    ToolContext,
-    ToolError,
-    ToolResult,
-    check_not_stale,
-    guard_path,
-    mark_mutation,
-    record_state,
-)
+from dsv4.tools.base import FILE_PATH, ToolContext, ToolError, ToolResult, object_schema, param
 from dsv4.tools.editing import EditOutcome, apply_edit
-from dsv4.tools.files import decode_text, load_bytes, store
+from dsv4.tools.files import decode_text, open_for_change, save_change
 
 _SNIPPET_CONTEXT = 3
 
@@ -30,28 +22,17 @@ class EditTool:
         "replace_all is true. An empty old_string creates a new file with new_string."
     )
     parameters: dict[str, Any] = field(
-        default_factory=lambda: {
-            "type": "object",
-            "properties": {
-                "file_path": {
-                    "type": "string",
-                    "description": "Path relative to the repository root.",
-                },
-                "old_string": {"type": "string", "description": "The exact text to replace."},
-                "new_string": {"type": "string", "description": "The text to put in its place."},
-                "replace_all": {
-                    "type": "boolean",
-                    "description": "Replace every occurrence (default false).",
-                },
-            },
-            "required": ["file_path", "old_string", "new_string"],
-        }
+        default_factory=lambda: object_schema(
+            ["file_path", "old_string", "new_string"],
+            file_path=FILE_PATH,
+            old_string=param("string", "The exact text to replace."),
+            new_string=param("string", "The text to put in its place."),
+            replace_all=param("boolean", "Replace every occurrence (default false)."),
+        )
     )
 
     def run(self, args: dict[str, Any], ctx: ToolContext) -> ToolResult:
-        path, rel = guard_path(ctx, args["file_path"], write=True)
-        current = load_bytes(path)
-        check_not_stale(ctx, rel, current)
+        path, rel, current = open_for_change(ctx, args["file_path"])
         text = decode_text(current, rel)
         outcome = apply_edit(
             text, args["old_string"], args["new_string"], args.get("replace_all", False)
@@ -60,10 +41,7 @@ class EditTool:
             raise ToolError(f"Edit of {rel} failed: {outcome.message}", changed_files=[])
         if not outcome.changed:
             return ToolResult(True, f"{rel}: {outcome.message}", data={"changed_files": []})
-        mark_mutation(ctx, self.name)
-        data = outcome.text.encode("utf-8")
-        store(path, data)
-        record_state(ctx, rel, data)
+        save_change(ctx, path, rel, outcome.text.encode("utf-8"), f"{self.name} {rel}")
         summary = f"Edited {rel}: {outcome.message}.\n{_snippet(outcome, args['new_string'])}"
         return ToolResult(
             True, summary, data={"changed_files": [rel], "strategy": outcome.strategy}

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dsv4.tools.base import ToolContext, ToolError, ToolResult, guard_path
+from dsv4.tools.base import ToolContext, ToolError, ToolResult, guard_path, object_schema, param
 from dsv4.tools.output import bounded_result
 
 
@@ -21,13 +21,9 @@ class GitDiffTool:
         "and list untracked files. Optionally limited to one file or folder (path)."
     )
     parameters: dict[str, Any] = field(
-        default_factory=lambda: {
-            "type": "object",
-            "properties": {
-                "path": {"type": "string", "description": "File or folder to limit the diff to."}
-            },
-            "required": [],
-        }
+        default_factory=lambda: object_schema(
+            [], path=param("string", "File or folder to limit the diff to.")
+        )
     )
 
     def run(self, args: dict[str, Any], ctx: ToolContext) -> ToolResult:

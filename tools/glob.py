@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from dsv4.tools.base import ToolContext, ToolError, ToolResult, guard_path
-from dsv4.tools.listing import list_files
+from dsv4.tools.base import ToolContext, ToolError, ToolResult, object_schema, param
+from dsv4.tools.listing import list_files, relative_to_base, search_base
 
 
 @dataclass
@@ -22,27 +22,19 @@ class GlobTool:
         "depth (`*.py`). Files ignored by git are not listed."
     )
     parameters: dict[str, Any] = field(
-        default_factory=lambda: {
-            "type": "object",
-            "properties": {
-                "pattern": {"type": "string", "description": "Glob pattern, e.g. `**/*.py`."},
-                "path": {
-                    "type": "string",
-                    "description": "Folder to search in (default: the repository root).",
-                },
-            },
-            "required": ["pattern"],
-        }
+        default_factory=lambda: object_schema(
+            ["pattern"],
+            pattern=param("string", "Glob pattern, e.g. `**/*.py`."),
+            path=param("string", "Folder to search in (default: the repository root)."),
+        )
     )
 
     def run(self, args: dict[str, Any], ctx: ToolContext) -> ToolResult:
-        _, base = guard_path(ctx, args.get("path", "."), write=False)
-        base = "" if base == "." else base
+        base = search_base(ctx, args.get("path", "."))
         pattern = args["pattern"]
+        files = list_files(ctx.root, base)
         try:
-            matched = [
-                f for f in list_files(ctx.root, base) if glob_match(pattern, _under(f, base))
-            ]
+            matched = [f for f in files if glob_match(pattern, relative_to_base(f, base))]
         except re.error as exc:
             raise ToolError(f"invalid glob pattern {pattern!r}: {exc}") from exc
         if not matched:
@@ -54,11 +46,6 @@ class GlobTool:
         return ToolResult(
             True, text, truncated=len(matched) > len(shown), data={"count": len(matched)}
         )
-
-
-def _under(rel: str, base: str) -> str:
-    """`rel` relative to the searched folder, so patterns are relative to `path`."""
-    return rel[len(base) + 1 :] if base and rel.startswith(base + "/") else rel
 
 
 def glob_match(pattern: str, rel: str) -> bool:

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dsv4.tools.base import ToolContext, ToolError, ToolResult, guard_path
+from dsv4.tools.base import ToolContext, ToolError, ToolResult, object_schema, param
 from dsv4.tools.glob import glob_match
-from dsv4.tools.listing import list_files
+from dsv4.tools.listing import list_files, relative_to_base, search_base
 
 Match = tuple[str, int, str]
 """(repository-relative path, 1-based line number, line text)."""
@@ -34,26 +34,16 @@ class GrepTool:
         "file names matching a glob (`*.py`). Files ignored by git are skipped."
     )
     parameters: dict[str, Any] = field(
-        default_factory=lambda: {
-            "type": "object",
-            "properties": {
-                "pattern": {"type": "string", "description": "Regular expression to search for."},
-                "path": {
-                    "type": "string",
-                    "description": "File or folder to search (default: the repository root).",
-                },
-                "glob": {
-                    "type": "string",
-                    "description": "Only search files matching this glob, e.g. `*.py`.",
-                },
-            },
-            "required": ["pattern"],
-        }
+        default_factory=lambda: object_schema(
+            ["pattern"],
+            pattern=param("string", "Regular expression to search for."),
+            path=param("string", "File or folder to search (default: the repository root)."),
+            glob=param("string", "Only search files matching this glob, e.g. `*.py`."),
+        )
     )
 
     def run(self, args: dict[str, Any], ctx: ToolContext) -> ToolResult:
-        _, base = guard_path(ctx, args.get("path", "."), write=False)
-        base = "" if base == "." else base
+        base = search_base(ctx, args.get("path", "."))
         pattern, glob = args["pattern"], args.get("glob")
         if shutil.which("rg"):
             matches = search_rg(ctx.root, pattern, base, glob, self.timeout)
@@ -107,7 +97,7 @@ def search_python(root: Path, pattern: str, base: str, glob: str | None) -> list
         raise ToolError(f"grep failed: invalid regular expression {pattern!r}: {exc}") from exc
     matches = []
     for rel in list_files(root, base):
-        if glob and not glob_match(glob, _under(rel, base)):
+        if glob and not glob_match(glob, relative_to_base(rel, base)):
             continue
         data = (root / rel).read_bytes()
         if b"\0" in data:  # binary, skipped as ripgrep skips it
@@ -116,7 +106,3 @@ def search_python(root: Path, pattern: str, base: str, glob: str | None) -> list
             if regex.search(line):
                 matches.append((rel, number, line))
     return matches
-
-
-def _under(rel: str, base: str) -> str:
-    return rel[len(base) + 1 :] if base and rel.startswith(base + "/") else rel

@@ -12,6 +12,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from dsv4.tools.base import ToolContext, guard_path
+
 _WALK_SKIP = {".git"}
 
 
@@ -21,6 +23,20 @@ def list_files(root: Path, base: str = "") -> list[str]:
     if listed is None:
         listed = _walk_files(root, base)
     return sorted(set(listed))
+
+
+def search_base(ctx: ToolContext, path: str) -> str:
+    """The repository-relative folder (or file) a search is limited to; "" for the root.
+
+    Checked against the policy like any read.
+    """
+    _, base = guard_path(ctx, path, write=False)
+    return "" if base == "." else base
+
+
+def relative_to_base(rel: str, base: str) -> str:
+    """`rel` relative to the searched folder `base`, so patterns are relative to `path`."""
+    return rel[len(base) + 1 :] if base and rel.startswith(base + "/") else rel
 
 
 def _git_files(root: Path, base: str) -> list[str] | None:

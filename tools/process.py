@@ -35,11 +35,13 @@ class CommandOutcome:
     seconds: float
 
 
-def run_command(argv: list[str], cwd: Path, timeout: float) -> CommandOutcome:
+def run_command(argv: list[str], cwd: Path, timeout: float, grace_s: float = 0.0) -> CommandOutcome:
     """Run `argv` in `cwd` in a new session; on timeout kill its whole process group.
 
-    Output goes to a temporary file rather than a pipe, so a background grandchild that
-    keeps the descriptor open cannot make us wait past the timeout.
+    With `grace_s`, a timed-out group gets SIGTERM and that long to exit (test runners print
+    their partial results) before the SIGKILL. Output goes to a temporary file rather than
+    a pipe, so a background grandchild that keeps the descriptor open cannot make us wait
+    past the timeout.
     """
     env = {**os.environ, **_QUIET_ENV}
     start = time.monotonic()
@@ -58,6 +60,7 @@ def run_command(argv: list[str], cwd: Path, timeout: float) -> CommandOutcome:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
+            _terminate(proc, grace_s)
         # Also after a normal exit: background jobs the command left behind end with it.
         kill_group(proc.pid)
         proc.wait()
@@ -66,10 +69,18 @@ def run_command(argv: list[str], cwd: Path, timeout: float) -> CommandOutcome:
     return CommandOutcome(None if timed_out else proc.returncode, output, timed_out, seconds)
 
 
-def kill_group(pgid: int) -> None:
-    """SIGKILL every process in group `pgid` (the group of a `start_new_session` child)."""
+def kill_group(pgid: int, sig: signal.Signals = signal.SIGKILL) -> None:
+    """Send `sig` to every process in group `pgid` (the group of a `start_new_session` child)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):  # already gone
-        os.killpg(pgid, signal.SIGKILL)
+        os.killpg(pgid, sig)
+
+
+def _terminate(proc: subprocess.Popen[bytes], grace_s: float) -> None:
+    if grace_s <= 0:
+        return
+    kill_group(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace_s)
 
 
 def _read_bounded(sink: IO[bytes]) -> str:

@@ -5,7 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from dsv4.tools.base import ToolContext, ToolError, ToolResult, guard_path, record_state
+from dsv4.tools.base import (
+    FILE_PATH,
+    ToolContext,
+    ToolError,
+    ToolResult,
+    guard_path,
+    object_schema,
+    param,
+    record_state,
+)
 
 _BINARY_PROBE = 8192
 
@@ -24,18 +33,12 @@ class ReadTool:
         "to read a window of a long file."
     )
     parameters: dict[str, Any] = field(
-        default_factory=lambda: {
-            "type": "object",
-            "properties": {
-                "file_path": {
-                    "type": "string",
-                    "description": "Path relative to the repository root.",
-                },
-                "offset": {"type": "integer", "description": "1-based line to start from."},
-                "limit": {"type": "integer", "description": "Number of lines to return."},
-            },
-            "required": ["file_path"],
-        }
+        default_factory=lambda: object_schema(
+            ["file_path"],
+            file_path=FILE_PATH,
+            offset=param("integer", "1-based line to start from."),
+            limit=param("integer", "Number of lines to return."),
+        )
     )
 
     def run(self, args: dict[str, Any], ctx: ToolContext) -> ToolResult:

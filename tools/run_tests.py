@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from dsv4.tools.base import ToolContext, ToolError, ToolResult, authorize
+from dsv4.tools.base import ToolContext, ToolError, ToolResult, authorize, object_schema, param
 from dsv4.tools.bash import describe
 from dsv4.tools.output import bounded_result
 from dsv4.tools.process import run_command
@@ -37,17 +37,14 @@ class RunTestsTool:
         "the exit code, a summary line and the output (head and tail when long)."
     )
     parameters: dict[str, Any] = field(
-        default_factory=lambda: {
-            "type": "object",
-            "properties": {
-                "command": {
-                    "type": "string",
-                    "description": "Test command to run instead of the configured one, e.g. "
-                    "`pytest tests/test_x.py -x`.",
-                }
-            },
-            "required": [],
-        }
+        default_factory=lambda: object_schema(
+            [],
+            command=param(
+                "string",
+                "Test command to run instead of the configured one, e.g. "
+                "`pytest tests/test_x.py -x`.",
+            ),
+        )
     )
 
     def run(self, args: dict[str, Any], ctx: ToolContext) -> ToolResult:

@@ -121,7 +121,7 @@ def test_tool_calls_run_and_their_results_become_observations(tmp_path: Path) ->
     ]
     edit = next(e for e in seen["events"] if e["type"] == "edit")
     assert edit["files"] == ["app.py"] and result.edited == ["app.py"]
-    assert seen["mutations"] == ["edit"]  # one snapshot, before the edit only
+    assert seen["mutations"] == ["edit app.py"]  # one snapshot, before the edit only
 
 
 def test_tool_failures_are_observations_not_crashes(tmp_path: Path) -> None:

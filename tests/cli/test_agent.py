@@ -65,6 +65,18 @@ def _skip_without(tool: str) -> None:
         pytest.skip(f"{tool} is not installed")
 
 
+def _fix_example(
+    tmp_path: Path, name: str, session: str
+) -> tuple[subprocess.CompletedProcess[str], list[dict]]:
+    """`dsv4 agent fix --json --ci` on a fresh copy of example `name`, replaying
+    `examples/<name>.<session>.jsonl`."""
+    _skip_without(NEEDS[name])
+    root = example_repo(tmp_path, name)
+    script = str(EXAMPLES / f"{name}.{session}.jsonl")
+    proc = dsv4(tmp_path, "agent", "fix", str(root), "--script", script, "--json", "--ci")
+    return proc, events_of(proc)
+
+
 @pytest.mark.parametrize(
     "name",
     [
@@ -76,19 +88,7 @@ def _skip_without(tool: str) -> None:
 def test_agent_fix_repairs_each_example_from_its_recorded_session(
     tmp_path: Path, name: str
 ) -> None:
-    _skip_without(NEEDS[name])
-    root = example_repo(tmp_path, name)
-    proc = dsv4(
-        tmp_path,
-        "agent",
-        "fix",
-        str(root),
-        "--script",
-        str(EXAMPLES / f"{name}.fix.jsonl"),
-        "--json",
-        "--ci",
-    )
-    events = events_of(proc)
+    proc, events = _fix_example(tmp_path, name, "fix")
     assert proc.returncode == 0, proc.stderr
     assert events[-1]["status"] == "fixed" and events[-1]["files_changed"]
     assert "fixed (exit 0)" in proc.stderr  # human progress goes to stderr
@@ -103,19 +103,7 @@ def test_agent_fix_repairs_each_example_from_its_recorded_session(
 def test_agent_fix_leaves_tests_failing_when_the_session_does_not_fix(
     tmp_path: Path, name: str
 ) -> None:
-    _skip_without(NEEDS[name])
-    root = example_repo(tmp_path, name)
-    proc = dsv4(
-        tmp_path,
-        "agent",
-        "fix",
-        str(root),
-        "--script",
-        str(EXAMPLES / f"{name}.nofix.jsonl"),
-        "--json",
-        "--ci",
-    )
-    events = events_of(proc)
+    proc, events = _fix_example(tmp_path, name, "nofix")
     assert proc.returncode in (1, 3), proc.stderr
     assert events[-1]["exit_code"] == proc.returncode
     assert [e for e in events if e["type"] == "test_run"][-1]["passed"] is False

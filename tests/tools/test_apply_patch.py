@@ -27,7 +27,7 @@ def test_patches_creates_and_deletes_in_one_call(repo: Path, ctx: ToolContext):
     assert (repo / "pkg/new.py").read_text() == "print('new')\n"
     assert not (repo / "old.txt").exists()
     assert sorted(result.data["changed_files"]) == ["a.py", "old.txt", "pkg/new.py"]
-    assert snapshots == ["apply_patch"]
+    assert snapshots == ["apply_patch a.py, pkg/new.py, old.txt"]
 
 
 def test_one_failing_hunk_changes_no_file(repo: Path, ctx: ToolContext):

@@ -12,6 +12,7 @@ from dsv4.tools.base import (
     ToolError,
     ToolResult,
     default_tools,
+    mark_mutation,
     run_tool,
     tool_schemas,
 )
@@ -77,3 +78,24 @@ def test_tool_errors_and_os_errors_become_results(ctx: ToolContext):
 def test_context_resolves_its_root(tmp_path: Path):
     (tmp_path / "r").mkdir()
     assert ToolContext(root=tmp_path / "r" / ".." / "r").root == (tmp_path / "r").resolve()
+
+
+def test_mutation_labels_say_what_changes(repo: Path, ctx: ToolContext):
+    labels: list[str] = []
+    ctx.before_mutation = labels.append
+    (repo / "calc.py").write_text("x = 1\n")
+    tools = default_tools()
+    assert run_tool(
+        tools, "edit", {"file_path": "calc.py", "old_string": "1", "new_string": "2"}, ctx
+    ).ok
+    assert run_tool(tools, "write", {"file_path": "new.py", "content": "y = 1\n"}, ctx).ok
+    assert labels == ["edit calc.py", "write new.py"]
+
+
+def test_mutation_label_is_one_short_line(ctx: ToolContext):
+    labels: list[str] = []
+    ctx.before_mutation = labels.append
+    mark_mutation(ctx, "bash: " + "echo word\n" * 40)
+    (label,) = labels
+    assert "\n" not in label and label.startswith("bash: echo word echo word")
+    assert len(label) <= 100 and label.endswith("...")

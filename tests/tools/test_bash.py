@@ -75,11 +75,11 @@ def test_long_output_keeps_head_and_tail_and_saves_the_rest(repo: Path, ctx: Too
 
 
 def test_snapshot_hook_runs_before_the_command(repo: Path, ctx: ToolContext):
-    seen: list[bool] = []
-    ctx.before_mutation = lambda name: seen.append((repo / "made").exists())
+    seen: list[tuple[str, bool]] = []
+    ctx.before_mutation = lambda label: seen.append((label, (repo / "made").exists()))
     ctx.policy = Policy(ask_answer="yes")
     assert _bash(ctx, "touch made").ok
-    assert seen == [False]
+    assert seen == [("bash: touch made", False)]
 
 
 def test_network_is_isolated_or_the_result_says_partial(repo: Path, ctx: ToolContext):

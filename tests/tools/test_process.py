@@ -1,0 +1,29 @@
+"""Running commands for tools: exit codes, timeouts, and the SIGTERM grace period."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dsv4.tools.process import run_command
+
+# Prints when SIGTERM arrives, so the output shows whether it got the chance.
+_TRAPS_TERM = "trap 'echo got-term; exit 143' TERM; echo started; sleep 30 & wait"
+
+
+def test_exit_code_and_interleaved_output(tmp_path: Path) -> None:
+    outcome = run_command(["sh", "-c", "echo out; echo err >&2; exit 4"], tmp_path, timeout=30)
+    assert (outcome.exit_code, outcome.timed_out) == (4, False)
+    assert "out" in outcome.output and "err" in outcome.output
+
+
+def test_timeout_without_grace_kills_at_once(tmp_path: Path) -> None:
+    outcome = run_command(["sh", "-c", _TRAPS_TERM], tmp_path, timeout=1)
+    assert outcome.timed_out and outcome.exit_code is None
+    assert "started" in outcome.output and "got-term" not in outcome.output
+
+
+def test_timeout_with_grace_lets_the_command_report(tmp_path: Path) -> None:
+    outcome = run_command(["sh", "-c", _TRAPS_TERM], tmp_path, timeout=1, grace_s=5)
+    assert outcome.timed_out and outcome.exit_code is None
+    assert "got-term" in outcome.output
+    assert outcome.seconds < 5, "the grace period ends as soon as the command exits"
