@@ -38,8 +38,12 @@ Mode = Literal["full", "outline", "tree", "excluded"]
 TREE_OPEN = "<tree>\n"
 TREE_CLOSE = "</tree>\n"
 CLOSING = "</repository>\n"
-# Every added token of the V4 vocabulary has one of these shapes.
-_SPECIAL = re.compile(
+# `chunk_floor`: ASCII letters and digits become "a", every other byte a space, so that
+# `split()` returns one item per run.
+_ALNUM_RUNS = bytes(b"a"[0] if chr(i).isalnum() and i < 128 else 32 for i in range(256))
+_VISIBLE_LINE = re.compile(r"^[ \t\r\f\v]*[!-~]", re.MULTILINE)
+# Every added token of the V4 vocabulary has one of these shapes (tests check it).
+SPECIAL_TOKEN = re.compile(
     r"<\uff5c[^\uff5c\n]{1,64}\uff5c>|<\|[\w\u2581]{1,64}\|>|<\uff5c/?\w{1,32}>\uff5c|</?think>|\uff5cDSML\uff5c|</?dsml:"
 )
 
@@ -53,7 +57,9 @@ class PackFile:
     text: str
     """File content (secrets already redacted), ending in a newline (or empty)."""
     full_tokens: int
-    """Tokens of `full_chunk(path, text)`."""
+    """Tokens of `full_chunk(path, text)`; -1 when not counted yet: `fit` then uses
+    `full_floor`, and the caller counts the files `fit` chose and fits again
+    (`needs_full_counts`)."""
     outline: str
     """Outline lines (may be empty: then the file cannot be shown as an outline)."""
     outline_tokens: int
@@ -62,6 +68,10 @@ class PackFile:
     `fit` chose and fits again (`needs_outline_counts`)."""
     tree_tokens: int
     """Tokens of `tree_line(path)`."""
+    full_floor: int = 0
+    """A lower bound on `full_tokens` (`chunk_floor(text)`), used while it is -1."""
+    outline_floor: int = 0
+    """A lower bound on `outline_tokens` (`chunk_floor(outline)`), used while it is -1."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +109,7 @@ def normalise_text(text: str) -> str:
     template) would inject turns into the prompt. A zero-width space after the first
     character turns each back into plain text.
     """
-    text = _SPECIAL.sub(lambda m: m.group(0)[0] + "\u200b" + m.group(0)[1:], text)
+    text = SPECIAL_TOKEN.sub(lambda m: m.group(0)[0] + "\u200b" + m.group(0)[1:], text)
     return text if text.endswith("\n") or not text else text + "\n"
 
 
@@ -124,13 +134,37 @@ def fit(
     for f in ranked:
         if modes[f.path] == "excluded":
             continue
-        if used - f.tree_tokens + f.full_tokens <= budget:
+        if used - f.tree_tokens + full_cost(f) <= budget:
             modes[f.path] = "full"
-            used += f.full_tokens - f.tree_tokens
-        elif f.outline and used - f.tree_tokens + _outline_cost(f) <= budget:
+            used += full_cost(f) - f.tree_tokens
+        elif f.outline and used - f.tree_tokens + outline_cost(f) <= budget:
             modes[f.path] = "outline"
-            used += _outline_cost(f) - f.tree_tokens
+            used += outline_cost(f) - f.tree_tokens
     return [_placement(f, modes[f.path]) for f in ranked]
+
+
+def chunk_floor(text: str) -> int:
+    """A lower bound on the tokens of `full_chunk(path, text)` and of
+    `outline_chunk(path, text)`, for any path.
+
+    A pre-token holds at most one run of letters, digit runs are split off first, and no
+    pre-token holds a newline followed by a visible character. So each run of ASCII
+    letters and digits between ASCII separators is at least one token of its own, and so
+    is each line with visible content; the chunk's opening and closing lines add one each.
+    Runs give ~45% of the true count on source code, lines ~12%: lines serve only for text
+    with non-ASCII characters (which may join runs) or added tokens (one token, many runs).
+    """
+    closing = 1 if text.endswith("\n") or not text else 0  # else `</file>` may join a line
+    if text.isascii() and not SPECIAL_TOKEN.search(text):
+        runs = len(text.encode().translate(_ALNUM_RUNS).split())
+        return runs + 1 + closing
+    return len(_VISIBLE_LINE.findall(text)) + 1 + closing
+
+
+def needs_full_counts(files: Sequence[PackFile], placements: Sequence[Placement]) -> list[str]:
+    """Paths placed in full whose text was never counted, best-ranked first."""
+    uncounted = {f.path for f in files if f.full_tokens < 0}
+    return [p.path for p in placements if p.mode == "full" and p.path in uncounted]
 
 
 def needs_outline_counts(files: Sequence[PackFile], placements: Sequence[Placement]) -> list[str]:
@@ -174,20 +208,30 @@ def mode_counts(placements: Sequence[Placement]) -> Mapping[str, int]:
 
 def _placement(f: PackFile, mode: Mode) -> Placement:
     if mode == "full":
-        return Placement(f.path, mode, f.full_tokens, "")
+        return Placement(f.path, mode, full_cost(f), "")
     if mode == "outline":
-        return Placement(f.path, mode, _outline_cost(f), "full text over budget")
+        return Placement(f.path, mode, outline_cost(f), "full text over budget")
     if mode == "tree":
         why = "outline over budget" if f.outline else "full text over budget; no outline"
         return Placement(f.path, mode, f.tree_tokens, why)
     return Placement(f.path, mode, 0, "over budget even as a tree line")
 
 
-def _outline_cost(f: PackFile) -> int:
+def full_cost(f: PackFile) -> int:
+    """Tokens of `f` in full: exact, or a lower bound while uncounted."""
+    # As for outlines: with a true lower bound, fitting, counting the chosen and fitting
+    # again ends at the fit that all exact counts would give.
+    return f.full_tokens if f.full_tokens >= 0 else f.full_floor
+
+
+def outline_cost(f: PackFile) -> int:
+    """Tokens of `f` as an outline: exact, or a lower bound while uncounted."""
     # An uncounted outline costs at least 3 tokens a line: its line number (digits are
     # pre-tokenized apart), the `|`, and the signature. With a true lower bound, fitting,
     # counting what was chosen and fitting again ends at the fit all counts would give.
-    return f.outline_tokens if f.outline_tokens >= 0 else 3 * f.outline.count("\n")
+    if f.outline_tokens >= 0:
+        return f.outline_tokens
+    return max(3 * f.outline.count("\n"), f.outline_floor)
 
 
 def _tier(score: float, n_files: int) -> int:

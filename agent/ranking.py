@@ -95,9 +95,12 @@ def focus_paths(paths: Iterable[str], focus: Iterable[str], task: str) -> list[s
     words = set(re.findall(r"[\w./\-]+", task))
     chosen = []
     for path in paths:
-        p = PurePosixPath(path)
+        if path in wanted or path in words:
+            chosen.append(path)
+            continue
+        name = path.rpartition("/")[2]
         # A bare file name counts only when its stem is long enough not to be a word.
-        if path in wanted or path in words or (len(p.stem) >= 3 and p.name in words):
+        if name in words and len(PurePosixPath(name).stem) >= 3:
             chosen.append(path)
     return chosen
 

@@ -1,21 +1,33 @@
-"""Repository indexer benchmark: cold pack, warm re-index after a one-file change, memory.
+"""Repository indexer benchmark: cold pack, re-index after edits, CPU time and memory.
 
 Regime: the source trees of installed packages (nothing is downloaded), each copied into a
 fresh temporary git repository. Every indexer run is a fresh Python process, as in a
-pre-commit hook, so the times include interpreter start-up, imports and (when anything must
-be tokenized) the V4 tokenizer load:
+pre-commit hook, so the times include interpreter start-up, imports and whatever tokenizer
+the run needs:
 
-- cold: empty cache, every file read, scanned, parsed and tokenized;
-- warm (no change): everything from the cache;
-- warm (one file): one mid-ranked file edited, so one file is re-read and re-tokenized.
+- first run: an empty cache folder, as on a machine that never indexed anything: every file
+  read, scanned, parsed, and as much counted as the budget needs (the whole tree when it
+  fits, else about a budget's worth); the token counter's tables are built (~0.5 s, once
+  per tokenizer file);
+- cold: the same with the index cache removed but the counter's tables kept (every later
+  cold index on the machine);
+- warm, no change: everything from the cache;
+- one-file edit: a mid-sized file packed in full is edited before each run.
 
-Baselines on the same tree: the V4 tokenizer alone (`count_batch` over every file's text,
-in this process, load excluded), and repomix / gitingest / aider's repository map when they
-are installed (they count with other tokenizers, so their token counts are not V4's).
-Prints a table and ends with one JSON line.
+Wall times include process start (measured around the child); CPU is the child's user +
+system time (all its threads, and its subprocesses: git and the background token counter).
+Peak memory is the indexer process's high-water mark + that of its largest subprocess.
+Each scenario runs `--repeat` times; the table shows medians. On a shared machine wall
+time swings with the load, CPU time much less: both are printed, with the load average.
 
-    python benchmarks/bench_index.py                 # setuptools (mid) and mypy (large)
-    python benchmarks/bench_index.py --package prompt_toolkit --package sympy
+Baselines on the same tree: the V4 tokenizer alone (load, then `count_batch` over every
+text file), and other packers when installed: repomix and gitingest (on PATH, or given
+with `--tool NAME=COMMAND`, `{root}` standing for the tree). They count with other
+tokenizers, so their token counts are not V4's. Prints a table, then one JSON line.
+
+    python benchmarks/bench_index.py                 # setuptools (~0.7 M tokens) and mypy
+    python benchmarks/bench_index.py --package black --repeat 5
+    python benchmarks/bench_index.py --tool repomix="repomix --stdout -q {root}"
 """
 
 from __future__ import annotations
@@ -23,8 +35,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import resource
+import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,38 +48,44 @@ from pathlib import Path
 
 _CHILD = """
 import json, resource, sys, time
-t0 = time.perf_counter(); c0 = time.process_time()
+t0 = time.perf_counter()
 from pathlib import Path
 from dsv4.agent.indexer import build_index
 index = build_index(Path(sys.argv[1]), cache_dir=Path(sys.argv[2]))
 elapsed = time.perf_counter() - t0
-cpu = time.process_time() - c0
-def peak_mb():
-    # VmHWM belongs to this process image; ru_maxrss would carry over the parent's peak
-    # through fork and exec.
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-peak = peak_mb()  # before verifying
+# CPU of this process (all threads, start-up included) and of its git subprocesses, taken
+# before the verification below.
+cpu = sum(
+    u.ru_utime + u.ru_stime
+    for u in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+)
+# VmHWM belongs to this process image (ru_maxrss would carry the parent's peak over exec).
+peak = next(int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l[:6] == "VmHWM:")
+# The largest of its finished subprocesses (git, the background token counter).
+sub_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 exact = None
+t1 = time.perf_counter()
 if sys.argv[3] == "verify":
     from dsv4.engine.tokenizer import get_tokenizer
     exact = get_tokenizer().count(index.text) == index.total_tokens
+verify_s = time.perf_counter() - t1
 modes = {}
 for f in index.files:
     modes[f.mode] = modes.get(f.mode, 0) + 1
+full = sorted(f.path for f in index.files if f.mode == "full")
 print(json.dumps({
-    "wall_s": elapsed, "cpu_s": cpu, "total_tokens": index.total_tokens,
-    "budget": index.budget, "files": len(index.files), "modes": modes,
-    "files_read": index.stats.files_read, "files_analysed": index.stats.files_analysed,
-    "tokens_encoded": index.stats.tokens_encoded, "phases": index.stats.phases,
-    "peak_mb": peak, "exact": exact,
+    "in_process_s": elapsed, "total_tokens": index.total_tokens, "budget": index.budget,
+    "files": len(index.files), "modes": modes, "files_read": index.stats.files_read,
+    "files_analysed": index.stats.files_analysed, "tokens_encoded": index.stats.tokens_encoded,
+    "phases": index.stats.phases, "peak_mb": peak, "exact": exact, "full_paths": full,
+    "cpu_s": cpu, "verify_s": verify_s, "sub_peak_mb": sub_peak,
 }))
 """
+_DEFAULT_TOOLS = {
+    "repomix": "repomix --stdout --quiet --no-security-check {root}",
+    "gitingest": "gitingest {root} -o -",
+}
+_RUNS = ("first_run", "cold", "warm_noop", "edit")
 
 
 def copy_package(name: str, dest: Path) -> Path:
@@ -75,135 +96,193 @@ def copy_package(name: str, dest: Path) -> Path:
     src = Path(next(iter(spec.submodule_search_locations)))
     root = dest / name
     shutil.copytree(src, root, ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyc"))
+    git = ["git", "-c", "user.email=bench@localhost", "-c", "user.name=bench", "-C", str(root)]
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "snapshot"]):
-        git = ["git", "-c", "user.email=bench@localhost", "-c", "user.name=bench"]
-        subprocess.run([*git, "-C", str(root), *args], check=True)
+        subprocess.run([*git, *args], check=True)
     return root
 
 
-def run_indexer(root: Path, cache: Path, verify: bool = False) -> dict:
+def timed_child(cmd: list[str], cwd: Path | None = None) -> tuple[float, float, str]:
+    """(wall s, CPU s, stdout) of one child process, CPU from the children's rusage."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} exited {proc.returncode}: {proc.stderr[-2000:]}")
+    return wall, cpu, proc.stdout
+
+
+def run_indexer(root: Path, cache: Path, verify: bool) -> dict:
+    """One fresh-process run; its verification (an exact recount) is left out of the times."""
     mode = "verify" if verify else "-"
-    out = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(root), str(cache), mode],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    wall, _, out = timed_child([sys.executable, "-c", _CHILD, str(root), str(cache), mode])
+    result = json.loads(out.strip().splitlines()[-1])
+    result["wall_s"] = wall - result.pop("verify_s")
+    return result
 
 
-def edit_one_file(root: Path) -> str:
-    """Append a comment to the median-sized tracked Python file; returns its path."""
-    files = sorted(root.rglob("*.py"), key=lambda p: (p.stat().st_size, str(p)))
-    target = files[len(files) // 2]
-    with open(target, "a") as fh:
-        fh.write("\n# benchmark edit\n")
-    return str(target.relative_to(root))
+def edit(path: Path, n: int) -> None:
+    """Append a line, then date the file back out of the indexer's racy-stat window."""
+    with open(path, "a") as fh:
+        fh.write(f"\n# benchmark edit {n}\n")
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - 5_000_000_000))
+
+
+def scenario_runs(root: Path, cache: Path, repeat: int) -> dict[str, list[dict]]:
+    """Each scenario `repeat` times; the first cold and edit runs are verified."""
+    runs: dict[str, list[dict]] = {name: [] for name in _RUNS}
+    for i in range(repeat):
+        shutil.rmtree(cache, ignore_errors=True)
+        runs["first_run"].append(run_indexer(root, cache, verify=False))
+        for index_file in cache.glob("*.cache"):
+            index_file.unlink()  # the counter's tables (*.marshal) stay
+        runs["cold"].append(run_indexer(root, cache, verify=i == 0))
+        runs["warm_noop"].append(run_indexer(root, cache, verify=False))
+    full = runs["cold"][0]["full_paths"]
+    target = root / sorted(full, key=lambda p: ((root / p).stat().st_size, p))[len(full) // 2]
+    for i in range(repeat):
+        edit(target, i)
+        runs["edit"].append(run_indexer(root, cache, verify=i == 0))
+    runs["edited"] = [{"path": str(target.relative_to(root))}]
+    return runs
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median CPU time, its wall and CPU replaced by the medians."""
+    ordered = sorted(runs, key=lambda r: r["cpu_s"])
+    pick = dict(ordered[len(ordered) // 2])
+    pick["wall_s"] = statistics.median(r["wall_s"] for r in runs)
+    pick["cpu_s"] = statistics.median(r["cpu_s"] for r in runs)
+    pick["exact"] = next((r["exact"] for r in runs if r["exact"] is not None), None)
+    pick.pop("full_paths", None)
+    return pick
 
 
 def tokenizer_baseline(root: Path) -> dict:
-    """The V4 tokenizer alone over every text file of the tree (load time excluded)."""
-    from dsv4.engine.tokenizer import get_tokenizer
+    """The V4 tokenizer alone over every text file of the tree: load and count."""
+    code = (
+        "import sys, time\nfrom pathlib import Path\nt=time.perf_counter()\n"
+        "from dsv4.engine.tokenizer import get_tokenizer\ntok = get_tokenizer()\n"
+        "load = time.perf_counter() - t\ntexts = []\n"
+        "for p in sorted(Path(sys.argv[1]).rglob('*')):\n"
+        "    if p.is_file() and '.git' not in p.parts:\n"
+        "        try: texts.append(p.read_text('utf-8'))\n"
+        "        except (UnicodeDecodeError, OSError): pass\n"
+        "t = time.perf_counter(); n = sum(tok.count_batch(texts))\n"
+        "print(n, load, time.perf_counter() - t)\n"
+    )
+    wall, cpu, out = timed_child([sys.executable, "-c", code, str(root)])
+    tokens, load, count = out.split()
+    return {"tokens": int(tokens), "load_s": float(load), "count_s": float(count), "cpu_s": cpu}
 
-    texts = []
-    for p in sorted(root.rglob("*")):
-        if p.is_file() and ".git" not in p.parts:
-            try:
-                texts.append(p.read_text("utf-8"))
-            except (UnicodeDecodeError, OSError):
-                continue
-    tok = get_tokenizer()
-    t0 = time.perf_counter()
-    n = sum(tok.count_batch(texts))
-    return {"tokens": n, "wall_s": time.perf_counter() - t0}
 
-
-def external_baselines(root: Path) -> dict[str, dict | str]:
-    """repomix, gitingest and aider on the same tree, when installed."""
+def external_baselines(root: Path, tools: dict[str, str]) -> dict[str, dict | str]:
+    """Other packers on the same tree: wall and CPU of one run each, when installed."""
     results: dict[str, dict | str] = {}
-    tools = {
-        "repomix": ["repomix", "--stdout", "--no-security-check"],
-        "gitingest": ["gitingest", str(root), "-o", "-"],
-    }
-    for name, cmd in tools.items():
+    for name, template in tools.items():
+        cmd = [part.replace("{root}", str(root)) for part in shlex.split(template)]
         if shutil.which(cmd[0]) is None:
             results[name] = "not installed"
             continue
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
-        results[name] = {"wall_s": time.perf_counter() - t0, "rc": proc.returncode}
+        try:
+            wall, cpu, out = timed_child(cmd, cwd=root)
+        except RuntimeError as exc:
+            results[name] = f"failed: {exc}"[:300]
+            continue
+        results[name] = {"wall_s": wall, "cpu_s": cpu, "output_chars": len(out)}
     if importlib.util.find_spec("aider") is None:
         results["aider-repomap"] = "not installed"
     return results
 
 
-def bench_package(name: str, workdir: Path) -> dict:
+def bench_package(name: str, workdir: Path, repeat: int, tools: dict[str, str]) -> dict:
     root = copy_package(name, workdir)
-    cache = workdir / f"cache-{name}"
-    cold = run_indexer(root, cache, verify=True)
-    noop = run_indexer(root, cache)
-    edited = edit_one_file(root)
-    time.sleep(2.1)  # outside the indexer's racy-stat window, as a later commit would be
-    one = run_indexer(root, cache, verify=True)
-    return {
-        "package": name,
-        "cold": cold,
-        "warm_noop": noop,
-        "warm_one_file": one,
-        "edited": edited,
-        "tokenizer_only": tokenizer_baseline(root),
-        "external": external_baselines(root),
-    }
+    runs = scenario_runs(root, workdir / f"cache-{name}", repeat)
+    result: dict = {"package": name, "edited": runs.pop("edited")[0]["path"]}
+    result.update({run: median_run(runs[run]) for run in _RUNS})
+    result["tokenizer_only"] = tokenizer_baseline(root)
+    result["external"] = external_baselines(root, tools)
+    return result
 
 
 def print_table(results: list[dict]) -> None:
     head = (
-        f"{'repository':<12} {'run':<14} {'wall s':>7} {'cpu s':>7} {'files':>6} "
-        f"{'read':>6} {'enc. tok':>10} {'tok/s':>10} {'files/s':>8} {'peak MB':>8} {'exact':>6}"
+        f"{'repository':<11} {'run':<13} {'wall s':>7} {'CPU s':>6} {'files':>6} {'read':>5} "
+        f"{'counted tok':>11} {'tok/CPU-s':>10} {'files/s':>8} {'peak MB':>9} {'exact':>6}"
     )
     print(head)
     print("-" * len(head))
     for r in results:
-        for run in ("cold", "warm_noop", "warm_one_file"):
+        for run in _RUNS:
             m = r[run]
-            rate = m["tokens_encoded"] / m["wall_s"] if m["tokens_encoded"] else 0
+            rate = m["tokens_encoded"] / m["cpu_s"] if m["tokens_encoded"] else 0
             print(
-                f"{r['package']:<12} {run:<14} {m['wall_s']:>7.3f} {m['cpu_s']:>7.3f} "
-                f"{m['files']:>6} {m['files_read']:>6} {m['tokens_encoded']:>10,} "
-                f"{rate:>10,.0f} {m['files'] / m['wall_s']:>8,.0f} {m['peak_mb']:>8.0f} "
+                f"{r['package']:<11} {run:<13} {m['wall_s']:>7.3f} {m['cpu_s']:>6.2f} "
+                f"{m['files']:>6} {m['files_read']:>5} {m['tokens_encoded']:>11,} "
+                f"{rate:>10,.0f} {m['files'] / m['wall_s']:>8,.0f} "
+                f"{m['peak_mb']:>4.0f}+{m['sub_peak_mb']:<4.0f} "
                 f"{str(m['exact']):>6}"
             )
         t = r["tokenizer_only"]
         print(
-            f"{r['package']:<12} {'V4 tok. only':<14} {t['wall_s']:>7.3f} {'':>7} {'':>6} "
-            f"{'':>6} {t['tokens']:>10,} {t['tokens'] / t['wall_s']:>10,.0f}"
+            f"{r['package']:<11} {'V4 tok. only':<13} {t['load_s'] + t['count_s']:>7.3f} "
+            f"{t['cpu_s']:>6.2f} {'':>6} {'':>5} {t['tokens']:>11,} "
+            f"{t['tokens'] / t['count_s']:>10,.0f}  (load {t['load_s']:.2f} s; rate per wall s)"
         )
         cold = r["cold"]
         print(
-            f"{'':<12} packed {cold['total_tokens']:,} of {cold['budget']:,} tokens; "
-            f"modes {cold['modes']}; cold/warm-one-file = "
-            f"{cold['wall_s'] / r['warm_one_file']['wall_s']:.1f}x"
+            f"{'':<11} packed {cold['total_tokens']:,} of {cold['budget']:,} tokens; "
+            f"modes {cold['modes']}; edited {r['edited']}"
         )
         for name, ext in r["external"].items():
-            shown = ext if isinstance(ext, str) else f"{ext['wall_s']:.3f} s (rc {ext['rc']})"
-            print(f"{'':<12} {name}: {shown}")
+            shown = (
+                ext
+                if isinstance(ext, str)
+                else (
+                    f"{ext['wall_s']:.3f} s wall, {ext['cpu_s']:.2f} s CPU, "
+                    f"{ext['output_chars']:,} chars"
+                )
+            )
+            print(f"{'':<11} {name}: {shown}")
+
+
+def parse_tools(specs: list[str] | None) -> dict[str, str]:
+    tools = dict(_DEFAULT_TOOLS)
+    for spec in specs or []:
+        name, sep, command = spec.partition("=")
+        if not sep or not command:
+            raise SystemExit(f"bench_index: --tool expects NAME=COMMAND, got {spec!r}")
+        tools[name] = command
+    return tools
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--package", action="append", help="installed package to index")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per scenario (median)")
+    parser.add_argument("--tool", action="append", help="NAME=COMMAND of another packer")
     parser.add_argument("--keep", action="store_true", help="keep the temporary repositories")
     args = parser.parse_args()
+    if args.repeat < 1:
+        raise SystemExit(f"bench_index: --repeat must be at least 1, got {args.repeat}")
     packages = args.package or ["setuptools", "mypy"]
+    tools = parse_tools(args.tool)
     workdir = Path(tempfile.mkdtemp(prefix="bench-index-"))
+    load_before = os.getloadavg()
     try:
-        results = [bench_package(name, workdir) for name in packages]
+        results = [bench_package(name, workdir, args.repeat, tools) for name in packages]
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
+    load_after = os.getloadavg()
     print_table(results)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(json.dumps({"bench": "index", "results": results, "max_child_peak_mb": peak}))
+    load = f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}"
+    print(f"{load}; cpus {os.cpu_count()}")
+    print(json.dumps({"bench": "index", "results": results, "load": [load_before, load_after]}))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from dsv4.agent import indexer
 from dsv4.agent.fileset import FileSetConfig
 from dsv4.agent.index_cache import CacheError
 from dsv4.agent.indexer import DEFAULT_BUDGET, MODEL_CONTEXT, IndexConfig, build_index
@@ -188,7 +189,7 @@ def test_default_cache_dir_honours_the_environment(
 ) -> None:
     monkeypatch.setenv("DSV4_CACHE_DIR", str(tmp_path / "envcache"))
     build_index(repo)
-    assert list((tmp_path / "envcache").glob("*.pickle"))
+    assert list((tmp_path / "envcache").glob("*.cache"))
 
 
 def test_a_file_rewritten_moments_ago_is_rehashed(repo: Path, cache: Path) -> None:
@@ -251,7 +252,7 @@ def test_no_planted_secret_reaches_the_packed_text(tmp_path: Path) -> None:
     (root / "config.py").write_text(source)
     (root / "deploy.pem").write_text(f"-----BEGIN PRIVATE KEY-----\n{p['private-key']}\n")
     index = build_index(root, cache_dir=tmp_path / "cache")
-    cached = b"".join(f.read_bytes() for f in (tmp_path / "cache").glob("*.pickle"))
+    cached = b"".join(f.read_bytes() for f in (tmp_path / "cache").glob("*.cache"))
     assert cached  # the cache was written, and holds redacted text only
     for value in p.values():
         assert value not in index.text
@@ -261,3 +262,64 @@ def test_no_planted_secret_reaches_the_packed_text(tmp_path: Path) -> None:
     assert ("deploy.pem", "key-file", "withheld") in {
         (w.path, w.kind, w.action) for w in index.withheld
     }
+
+
+def test_a_small_change_is_counted_without_the_official_tokenizer(
+    repo: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    build_index(repo, cache_dir=cache)
+    # As in a fresh process: the official tokenizer is not loaded, so the edit is counted
+    # by the in-process counter, whose tables then sit in the cache folder.
+    monkeypatch.setattr(indexer, "_official_loaded", lambda: None)
+    monkeypatch.setattr(indexer, "get_official_tokenizer", _refuse_official)
+    _write_old(repo / "core" / "util.py", "def clamp(x, lo, hi):\n    return min(x, 99) + 1\n")
+    index = build_index(repo, cache_dir=cache)
+    assert index.stats.files_analysed == 1 and index.stats.tokens_encoded > 0
+    assert list(cache.glob("*.marshal"))
+    monkeypatch.undo()
+    assert index.total_tokens == get_tokenizer().count(index.text)
+
+
+def _refuse_official():
+    raise AssertionError("the official tokenizer was loaded for a one-file change")
+
+
+def test_a_tight_budget_counts_only_what_it_may_show(tmp_path: Path) -> None:
+    root = _repo(tmp_path / "repo")
+    for i in range(60):
+        body = "".join(f"def f{i}_{j}(x):\n    return x * {j} + {i}\n\n" for j in range(150))
+        (root / "gen" / f"m{i:02}.py").parent.mkdir(exist_ok=True)
+        (root / "gen" / f"m{i:02}.py").write_text(body)
+    whole = build_index(root, cache_dir=tmp_path / "whole")
+    budget = whole.total_tokens // 4
+    tight = build_index(root, cache_dir=tmp_path / "tight", budget=budget)
+    assert tight.total_tokens == get_tokenizer().count(tight.text) <= budget
+    assert tight.stats.tokens_encoded < whole.stats.tokens_encoded // 2
+    # A later run with the whole budget counts the rest and packs what a cold run packs.
+    again = build_index(root, cache_dir=tmp_path / "tight")
+    assert again.text == whole.text and again.total_tokens == whole.total_tokens
+
+
+def test_an_edit_that_keeps_the_graph_reuses_the_ranking(repo: Path, cache: Path) -> None:
+    build_index(repo, cache_dir=cache)
+    engine = repo / "core" / "engine.py"
+    _write_old(engine, engine.read_text() + "# a comment changes no definition or reference\n")
+    kept = build_index(repo, cache_dir=cache)
+    assert kept.stats.files_analysed == 1 and kept.stats.ranked_from_cache
+    _write_old(engine, engine.read_text() + "def brand_new():\n    return clamp(1, 0, 2)\n")
+    changed = build_index(repo, cache_dir=cache)
+    assert not changed.stats.ranked_from_cache
+
+
+def test_a_cold_run_counts_in_a_background_process_exactly(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As in a fresh process, with a repository large enough to count in the background.
+    monkeypatch.setattr(indexer, "_official_loaded", lambda: None)
+    monkeypatch.setattr(indexer, "get_official_tokenizer", _refuse_official)
+    monkeypatch.setattr(indexer, "_SMALL_CHARS", 0)
+    index = build_index(repo, cache_dir=tmp_path / "bg")
+    monkeypatch.undo()
+    assert index.stats.files_analysed > 5 and index.stats.tokens_encoded > 0
+    assert index.total_tokens == get_tokenizer().count(index.text)
+    assert index.text == build_index(repo, cache_dir=tmp_path / "fg").text

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -139,3 +141,51 @@ def test_units_add_up_to_the_count_of_the_whole() -> None:
         assert {p.mode for p in placements} & {"full", "outline"}
         text = render("repo 7", files, placements, len(files))
         assert tok.count(text) == total_tokens(placements, fixed, frame) <= budget
+
+
+def test_chunk_floor_is_a_lower_bound_and_a_useful_one() -> None:
+    tok = get_tokenizer()
+    root = Path(__file__).resolve().parents[2]
+    sources = [p.read_text("utf-8") for p in sorted(root.glob("agent/*.py"))]
+    bodies = _TRICKY_BODIES + ["<|EOT|><|place_holder_mm_span_0021|>\n", "a\u0301b 12\u00b23\n"]
+    texts = bodies + [packer.normalise_text(b) for b in bodies] + sources
+    chunks = [packer.full_chunk("dir/f.py", t) for t in texts]
+    counts = tok.count_batch(chunks)
+    floors = [packer.chunk_floor(t) for t in texts]
+    assert all(f <= c for f, c in zip(floors, counts, strict=True))
+    outlines = tok.count_batch([packer.outline_chunk("a b.rs", t) for t in texts])
+    assert all(f <= c for f, c in zip(floors, outlines, strict=True))
+    code = slice(2 * len(bodies), None)
+    assert sum(floors[code]) >= 0.3 * sum(counts[code])  # tight enough to skip big files
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fitting_by_lower_bounds_then_counting_ends_at_the_exact_fit(seed: int) -> None:
+    rng = random.Random(seed)
+    exact = []
+    for i in range(60):
+        full = rng.randint(20, 3000)
+        outline = rng.choice([0, rng.randint(5, full // 3 + 5)])
+        f = _file(f"f{i:02}.py", rng.random(), full, outline, tree=rng.randint(2, 6))
+        floors = {"full_floor": rng.randint(1, full), "outline_floor": rng.randint(0, outline)}
+        exact.append(replace(f, **floors))
+    by_path = {f.path: f for f in exact}
+    total = sum(f.full_tokens for f in exact)
+    for budget in (total // 10, total // 3, total // 2, total + 100):
+        files = [replace(f, full_tokens=-1, outline_tokens=-1 if f.outline else 0) for f in exact]
+        rounds = 0
+        while True:
+            placements = fit(files, budget, 5, 4)
+            fulls = set(packer.needs_full_counts(files, placements))
+            outlines = set(packer.needs_outline_counts(files, placements))
+            if not fulls and not outlines:
+                break
+            files = [_counted(f, by_path[f.path], fulls, outlines) for f in files]
+            rounds += 1
+        assert placements == fit(exact, budget, 5, 4)
+        assert rounds <= len(exact)
+
+
+def _counted(f: PackFile, exact: PackFile, fulls: set[str], outlines: set[str]) -> PackFile:
+    f = replace(f, full_tokens=exact.full_tokens) if f.path in fulls else f
+    return replace(f, outline_tokens=exact.outline_tokens) if f.path in outlines else f

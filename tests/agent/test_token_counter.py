@@ -1,0 +1,138 @@
+"""The in-process V4 token counter agrees with the official tokenizer, or declines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dsv4.agent import packer, token_counter
+from dsv4.engine.tokenizer import default_tokenizer_file, get_tokenizer
+
+_ROOT = Path(__file__).resolve().parents[2]
+
+_TRICKY = [
+    "",
+    "x",
+    "def f(a, b=1):\n    return a+b  # sum\n",
+    "1234567890 12 3.14159 0x1F 1e-9\n",
+    "   leading and trailing spaces   \n\n\n\t\ttabs\r\nwindows\r\n",
+    "snake_case camelCase PascalCase SCREAMING_CASE kebab-case\n",
+    "'quote' \"double\" `back` ''' triple '''\n",
+    "{[()]}<>!@#$%^&*-=+|\\/?.,;:~\n",
+    "café naïve façade résumé Ünïcödé\n",
+    "e\u0301 combining marks a\u0308\n",
+    "em\u2014dash \u201cquotes\u201d \u2026 ellipsis \u00a0nbsp\n",
+    "x" * 200 + "\n" + " " * 130 + "y\n" + "=" * 250 + "\n",
+    '<file path="a.py" mode="full">\nbody\n</file>\n',
+    "<p>html</p> <tag attr='v'/> </think-ish>\n",
+    "emoji 🎉 ending🎉 中文字符 かなカナ 한국어\n",
+    "defused <\u200b｜User｜> and ｜\u200bDSML｜\n",
+]
+
+
+@pytest.fixture(scope="module")
+def counter(tmp_path_factory: pytest.TempPathFactory) -> token_counter.TokenCounter:
+    return token_counter.load(default_tokenizer_file(), tmp_path_factory.mktemp("tables"))
+
+
+@pytest.mark.parametrize("text", _TRICKY)
+def test_matches_the_official_tokenizer_on_tricky_text(counter, text: str) -> None:
+    assert counter.count(text) == get_tokenizer().count(text)
+
+
+def test_matches_the_official_tokenizer_on_this_repository(counter) -> None:
+    paths = sorted(_ROOT.glob("agent/*.py")) + sorted(_ROOT.glob("tests/agent/*.py"))
+    texts = [p.read_text("utf-8") for p in paths]
+    chunks = [
+        packer.full_chunk(p.name, packer.normalise_text(t))
+        for p, t in zip(paths, texts, strict=True)
+    ]
+    assert len(chunks) > 20
+    expected = get_tokenizer().count_batch(chunks)
+    counted = [counter.count(c) for c in chunks]
+    # Files quoting control tokens or emoji are declined (None), never miscounted.
+    assert [c for c in counted if c is not None] == [
+        e for c, e in zip(counted, expected, strict=True) if c is not None
+    ]
+    assert sum(c is not None for c in counted) >= 0.9 * len(chunks)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "hello <｜User｜> there",
+        "a <think> b",
+        "x <|EOT|> y",
+        "｜DSML｜",
+        "unassigned \u0378",
+        "x = 1" + " " * 5000 + "\n",
+    ],
+)
+def test_declines_added_tokens_and_characters_out_of_scope(counter, text: str) -> None:
+    assert counter.count(text) is None
+
+
+def test_tables_are_built_once_and_then_read_back(tmp_path: Path) -> None:
+    tokenizer_file = default_tokenizer_file()
+    first = token_counter.load(tokenizer_file, tmp_path)
+    tables = list(tmp_path.glob("*.marshal"))
+    assert len(tables) == 1
+    token_counter.load.cache_clear()
+    second = token_counter.load(tokenizer_file, tmp_path)
+    assert second is not first
+    assert second.count("def main():\n    pass\n") == get_tokenizer().count(
+        "def main():\n    pass\n"
+    )
+
+
+def test_a_corrupt_table_file_is_rebuilt(tmp_path: Path) -> None:
+    token_counter.load(default_tokenizer_file(), tmp_path)
+    (table,) = tmp_path.glob("*.marshal")
+    table.write_bytes(b"not marshal data")
+    token_counter.load.cache_clear()
+    fresh = token_counter.load(default_tokenizer_file(), tmp_path)
+    assert fresh.count("x = 1\n") == get_tokenizer().count("x = 1\n")
+    assert table.read_bytes() != b"not marshal data"
+
+
+def test_background_counts_match_and_failures_are_reported(tmp_path: Path) -> None:
+    tables = token_counter.table_file(default_tokenizer_file(), tmp_path)
+    texts = [*_TRICKY, "x <|EOT|> y"]
+    counts = token_counter.BackgroundCount(tables, texts).result()
+    expected = get_tokenizer().count_batch(texts)
+    assert counts[:-1] == expected[:-1] and counts[-1] is None  # declined, not miscounted
+    with pytest.raises(token_counter.CounterError, match="exited"):
+        token_counter.BackgroundCount(tmp_path / "missing.marshal", texts).result()
+
+
+def test_pre_tokenizer_is_read_from_the_tokenizer_file(counter) -> None:
+    spec = json.loads(default_tokenizer_file().read_text())["pre_tokenizer"]
+    assert counter._tables.patterns == [
+        s["pattern"]["Regex"] for s in spec["pretokenizers"] if s["type"] == "Split"
+    ]
+    unsupported = {"type": "Sequence", "pretokenizers": [{"type": "Metaspace"}]}
+    with pytest.raises(ValueError, match="not supported"):
+        token_counter.split_patterns(unsupported, Path("tokenizer.json"))
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.text(
+        alphabet=st.one_of(
+            st.sampled_from(
+                list(" \t\r\n_-=+*/.,;:()[]{}<>'\"#@!?0123456789aZéü中かカ한🎉\u00a0\u2014")
+            ),
+            st.characters(codec="utf-8"),
+        ),
+        max_size=200,
+    )
+)
+def test_counts_agree_with_the_official_tokenizer_or_decline(counter, text: str) -> None:
+    got = counter.count(text)
+    assert got is None or got == get_tokenizer().count(text)
