@@ -1,4 +1,4 @@
-"""A DeepSeek-V4 safetensors checkpoint on disk: index, shard headers, memory-mapped tensors.
+"""A DeepSeek-V4 safetensors checkpoint on disk: index, shard headers, tensors read on demand.
 
 `open_checkpoint` reads `config.json`, `model.safetensors.index.json` (or the lone
 `*.safetensors` files) and every shard's header; no tensor data is read until `get`.
@@ -8,12 +8,12 @@ lists every problem by file and tensor name; `check` raises them as one `Checkpo
 
 from __future__ import annotations
 
-import contextlib
+import ctypes
 import json
-import mmap
 import os
 import struct
 from dataclasses import dataclass, field
+from io import FileIO
 from pathlib import Path
 
 import torch
@@ -149,7 +149,7 @@ class Checkpoint:
         for shard in shards.values():
             for name in shard.tensors:
                 self._where.setdefault(name, shard.file)
-        self._maps: dict[str, mmap.mmap] = {}
+        self._files: dict[str, FileIO] = {}  # open shard files, by name
 
     # -- lookup ----------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -162,7 +162,12 @@ class Checkpoint:
         return TensorSpec(entry.shape, _TORCH_DTYPES[entry.dtype], file)
 
     def get(self, name: str, device: torch.device | str | None = None) -> torch.Tensor:
-        """The stored tensor in its stored dtype, copied out of the memory-mapped shard."""
+        """The stored tensor in its stored dtype: a private copy read from the shard file.
+
+        The bytes are read straight into the tensor's own buffer (no memory map, no
+        intermediate copy), so loading holds each tensor once: RSS grows by the tensor's size,
+        and the file's pages stay in the page cache, which RSS does not count.
+        """
         entry, file = self._entry(name)
         dtype = _TORCH_DTYPES.get(entry.dtype)
         shard = self._shards[file]
@@ -171,20 +176,27 @@ class Checkpoint:
                 f"{self.path / file}: tensor {name} cannot be read "
                 f"({shard.error or 'truncated shard or unknown dtype'})"
             )
-        count = entry.end - entry.begin
-        if count == 0:
-            return torch.empty(entry.shape, dtype=dtype, device=device)
-        mm = self._map(file)
-        raw = torch.frombuffer(mm, dtype=torch.uint8, count=count, offset=entry.begin)
-        out = raw.view(dtype).reshape(entry.shape)
-        out = (
-            out.to(device)
-            if device is not None and torch.device(device).type != "cpu"
-            else out.clone()
-        )
-        del raw
-        _drop_pages(mm, entry.begin, entry.end)
+        out = torch.empty(entry.shape, dtype=dtype)
+        if entry.end > entry.begin:
+            self._read_into(file, name, entry.begin, out)
+        if device is not None and torch.device(device).type != "cpu":
+            return out.to(device)
         return out
+
+    def _read_into(self, file: str, name: str, offset: int, out: torch.Tensor) -> None:
+        """Fill the contiguous CPU tensor `out` with the file's bytes from `offset`."""
+        nbytes = out.numel() * out.element_size()
+        view = memoryview((ctypes.c_char * nbytes).from_address(out.data_ptr())).cast("B")
+        f, done = self._file(file), 0
+        f.seek(offset)
+        while done < nbytes:
+            got = f.readinto(view[done:])  # unbuffered: the OS writes into the tensor
+            if not got:
+                raise CheckpointError(
+                    f"{self.path / file}: tensor {name}: the file ended after {done} of "
+                    f"{nbytes} bytes (truncated while open?)"
+                )
+            done += got
 
     def _entry(self, name: str) -> tuple[_Entry, str]:
         file = self._where.get(name)
@@ -192,20 +204,18 @@ class Checkpoint:
             raise CheckpointError(f"{self.path}: no tensor named {name!r} in any shard")
         return self._shards[file].tensors[name], file
 
-    def _map(self, file: str) -> mmap.mmap:
-        if file not in self._maps:
-            with open(self.path / file, "rb") as f:
-                # private mapping: writable for torch.frombuffer, never written
-                self._maps[file] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-        return self._maps[file]
+    def _file(self, file: str) -> FileIO:
+        if file not in self._files:
+            # unbuffered, closed in close()
+            self._files[file] = open(self.path / file, "rb", buffering=0)  # noqa: SIM115
+        return self._files[file]
 
     def close(self) -> None:
-        """Unmap the shards (tensors already returned by `get` stay valid: they are copies)."""
-        for mm in self._maps.values():
-            # BufferError: a zero-copy view is still alive; the GC unmaps it later
-            with contextlib.suppress(BufferError):
-                mm.close()
-        self._maps.clear()
+        """Close the shard files (tensors already returned by `get` stay valid: they are
+        copies)."""
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
 
     def __enter__(self) -> Checkpoint:
         return self
@@ -309,16 +319,6 @@ def _fmt(spec: TensorSpec) -> str:
 
 def _tolerated(name: str) -> bool:
     return name.startswith("mtp.") and any(t in name for t in _TOLERATED_MTP)
-
-
-def _drop_pages(mm: mmap.mmap, begin: int, end: int) -> None:
-    """Let the kernel drop the mapped pages just copied, so RSS holds each tensor once."""
-    if not hasattr(mmap, "MADV_DONTNEED"):
-        return
-    page = mmap.PAGESIZE
-    start = begin - begin % page
-    with contextlib.suppress(OSError, ValueError):  # advice only
-        mm.madvise(mmap.MADV_DONTNEED, start, min(end, len(mm)) - start)
 
 
 # -- opening -------------------------------------------------------------------------------------

@@ -13,7 +13,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from dsv4.kernels.gemm import dequantize_fp8, fp8_gemm, fp8_rows, slab_matmul
+from dsv4.kernels.gemm import (
+    bf16_matmul_fp32,
+    dequantize_fp8,
+    fp8_gemm,
+    fp8_matmul,
+    slab_matmul,
+)
 from dsv4.kernels.quant import act_quant
 
 from .numerics import Numerics
@@ -44,9 +50,8 @@ class FP8Linear:
             q, s = act_quant(x2, 128)
             y = fp8_gemm(q, s, self.weight, self.scale, x.dtype)
         else:
-            n = self.weight.shape[0]
-            y = slab_matmul(x2.float(), n, lambda lo, hi: fp8_rows(self.weight, self.scale, lo, hi))
-            y = y.to(x.dtype)
+            exact = x.dtype == torch.bfloat16
+            y = fp8_matmul(x2.float(), self.weight, self.scale, bf16_exact=exact).to(x.dtype)
         return y.view(*lead, -1)
 
 
@@ -58,10 +63,12 @@ def linear_act(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 def linear_fp32(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """A linear with fp32 input and weight (REF upcasts gate, compressor and head weights).
     bf16 weights are upcast slab by slab, never as a whole fp32 copy."""
-    lead, xf = x.shape[:-1], x.reshape(-1, x.shape[-1]).float()
+    lead, x2 = x.shape[:-1], x.reshape(-1, x.shape[-1])
     if weight.dtype == torch.float32:
-        return F.linear(xf, weight).view(*lead, -1)
-    y = slab_matmul(xf, weight.shape[0], lambda lo, hi: weight[lo:hi].float())
+        return F.linear(x2.float(), weight).view(*lead, -1)
+    if x2.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16:
+        return bf16_matmul_fp32(x2, weight).view(*lead, -1)
+    y = slab_matmul(x2.float(), weight.shape[0], lambda lo, hi: weight[lo:hi].float())
     return y.view(*lead, -1)
 
 

@@ -12,6 +12,8 @@ consecutive input elements (MXFP4 layout).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 FP8_MAX = 448.0
@@ -33,11 +35,17 @@ def e8m0_to_fp32(s: torch.Tensor) -> torch.Tensor:
     b = s.view(torch.uint8) if s.dtype == torch.float8_e8m0fnu else s
     if b.dtype != torch.uint8:
         raise TypeError(f"e8m0_to_fp32: expected float8_e8m0fnu or uint8, got {s.dtype}")
-    bits = b.to(torch.int32) << 23  # the byte is exactly an fp32 biased exponent
-    # b = 0 is 2^-127, an fp32 subnormal: mantissa bit 22 set, exponent field 0.
-    bits = torch.where(b == 0, torch.full_like(bits, 1 << 22), bits)
-    bits = torch.where(b == 255, torch.full_like(bits, 0x7FC00000), bits)
-    return bits.view(torch.float32)
+    # one table lookup: the decode runs on every GEMM call, where op count matters
+    return _e8m0_table(b.device).index_select(0, b.reshape(-1).to(torch.int32)).view(b.shape)
+
+
+@functools.lru_cache(maxsize=8)
+def _e8m0_table(device: torch.device) -> torch.Tensor:
+    """fp32 [256]: the value of each ue8m0 byte."""
+    bits = torch.arange(256, dtype=torch.int32) << 23  # the byte is exactly an fp32 exponent
+    bits[0] = 1 << 22  # 2^-127 is an fp32 subnormal: mantissa bit 22 set, exponent field 0
+    bits[255] = 0x7FC00000  # NaN
+    return bits.view(torch.float32).to(device)
 
 
 def fp32_to_e8m0(x: torch.Tensor) -> torch.Tensor:
@@ -52,13 +60,13 @@ def pow2_ceil(x: torch.Tensor) -> torch.Tensor:
     """Smallest power of two >= x for positive normal fp32 x, from the IEEE bits.
 
     Exponent - 127, plus one when the mantissa is non-zero (REF's `log2_ceil`); a subnormal
-    x gives 2^-126.
+    x gives 2^-126. Adding an all-ones mantissa carries into the exponent exactly when the
+    mantissa is non-zero; clearing the mantissa then leaves the power, clamped to
+    2^-126..2^127 (three ops: this runs on every activation quantization).
     """
-    bits = x.float().contiguous().view(torch.int32)
-    exp = ((bits >> 23) & 0xFF) - 127
-    exp = exp + ((bits & 0x7FFFFF) != 0).to(torch.int32)
-    exp = exp.clamp(-126, 127)
-    return ((exp + 127) << 23).view(torch.float32)
+    bits = x.float().contiguous().view(torch.int32) + 0x7FFFFF
+    bits.bitwise_and_(~0x7FFFFF).clamp_(0x00800000, 0x7F000000)
+    return bits.view(torch.float32)
 
 
 def e2m1_round(x: torch.Tensor) -> torch.Tensor:

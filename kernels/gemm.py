@@ -9,17 +9,22 @@ the summation order (a few fp32 ulps), which tensor cores do not fix either.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
 from .dispatch import use_triton
-from .formats import FP4_BLOCK, FP8_BLOCK, dequantize_fp8_weight, e8m0_to_fp32
+from .formats import FP4_BLOCK, FP8_BLOCK, dequantize_fp8_weight, e2m1_decode, e8m0_to_fp32
 
 _ACT_BLOCK = 128  # activation scales: one per 128 inputs
 _SLAB_BYTES = 1 << 21  # fp32 slab size: cache-resident, few Python steps per weight
+_WIDE_SLAB_BYTES = 1 << 23  # with many rows the GEMM itself dominates: fewer, larger calls
+# From this many rows on, a GEMM with bf16 products beats the fp32 one (measured on AMX and
+# AVX512-BF16 CPUs); below it the weight conversion dominates and fp32 is as fast.
+BF16_MIN_ROWS = 16
 _E4M3_AS_F16 = 2.0**8  # an e4m3 byte shifted into fp16 bits is its value times 2^-8
-_E2M1_AS_F16 = 2.0**14  # an e2m1 code shifted into fp16 bits is its value times 2^-14
 
 
 def _e4m3_to_fp32(b: torch.Tensor) -> torch.Tensor:
@@ -28,22 +33,28 @@ def _e4m3_to_fp32(b: torch.Tensor) -> torch.Tensor:
     The byte shifted left by 7 inside an int16 is an fp16 number with the same sign, mantissa
     and exponent (bias 15 instead of 7, subnormals included): sign-extending the byte and
     clearing bit 14 puts the sign in bit 15. fp16 -> fp32 is a fast vectorized cast, where
-    torch's own float8 cast runs element by element on CPUs.
+    torch's own float8 cast runs element by element on CPUs. The bit steps run in place: a
+    fresh buffer per step costs page faults on every call.
     """
-    bits = (b.view(torch.int8).to(torch.int16) << 7) & ~0x4000
+    bits = b.view(torch.int8).to(torch.int16)
+    bits.bitwise_left_shift_(7).bitwise_and_(~0x4000)
     return bits.view(torch.float16).float()
 
 
 def _e2m1_to_fp32(b: torch.Tensor) -> torch.Tensor:
-    """Packed FP4 int8 [..., n/2] -> values / 2^14 as fp32 [..., n] (low nibble = even element).
+    """Packed FP4 int8 [..., n/2] -> exact values fp32 [..., n] (low nibble = even element):
+    one lookup per byte in a table of its two values as fp16 (every e2m1 value is one)."""
+    idx = b.view(torch.uint8).reshape(-1).to(torch.int32)
+    pairs = _e2m1_pair_table(b.device).index_select(0, idx)
+    return pairs.view(torch.float16).view(*b.shape[:-1], 2 * b.shape[-1]).float()
 
-    A code's 3 magnitude bits shifted left by 9 form the fp16 number value·2^-14 (code 1 is
-    the subnormal 0.5·2^-14); bit 3 is the sign.
-    """
-    u = b.view(torch.uint8)
-    codes = torch.stack((u & 0xF, u >> 4), dim=-1).flatten(-2).to(torch.int16)
-    bits = ((codes & 8) << 12) | ((codes & 7) << 9)
-    return bits.view(torch.float16).float()
+
+@functools.lru_cache(maxsize=8)
+def _e2m1_pair_table(device: torch.device) -> torch.Tensor:
+    """int32 [256]: the fp16 bits of a byte's two e2m1 values, low nibble in the low half."""
+    codes = torch.arange(256)
+    pairs = torch.stack((e2m1_decode(codes & 0xF), e2m1_decode(codes >> 4)), dim=-1)
+    return pairs.half().view(torch.int32).reshape(256).to(device)
 
 
 def dequantize_fp8(b: torch.Tensor, b_s: torch.Tensor) -> torch.Tensor:
@@ -67,32 +78,100 @@ def fp8_rows(b: torch.Tensor, b_s: torch.Tensor, lo: int, hi: int) -> torch.Tens
     return (vals * scale[:, None, :, None]).view(n, k)
 
 
+def fp8_matmul(a: torch.Tensor, b: torch.Tensor, b_s: torch.Tensor, bf16_exact: bool = False):
+    """a fp32 [M, K] @ Wᵀ -> fp32 [M, N] for the FP8 weight W = b [N, K] with e8m0 block
+    scales b_s [⌈N/128⌉, ⌈K/128⌉]; `bf16_exact` as in `slab_matmul`.
+
+    For a few rows (decode) the block scales go into the activation instead of the weight:
+    row block r of the output is (a · s[r] per K block) @ e4m3(W[r])ᵀ, so the weight is never
+    scaled, and each product is the same exact a·w·s (power-of-two scales).
+    """
+    (m, k), n = a.shape, b.shape[0]
+    if m >= BF16_MIN_ROWS or n % FP8_BLOCK or k % FP8_BLOCK:
+        return slab_matmul(a, n, lambda lo, hi: fp8_rows(b, b_s, lo, hi), bf16_exact=bf16_exact)
+    nb, kb = n // FP8_BLOCK, k // FP8_BLOCK
+    s = e8m0_to_fp32(b_s).mul_(_E4M3_AS_F16)  # [nb, kb]
+    xs = (a.view(1, m, kb, FP8_BLOCK) * s.view(nb, 1, kb, 1)).view(nb, m, k)
+    w = _e4m3_to_fp32(b).view(nb, FP8_BLOCK, k)
+    return torch.bmm(xs, w.transpose(1, 2)).transpose(0, 1).reshape(m, n)
+
+
 def dequantize_fp4(b: torch.Tensor, b_s: torch.Tensor) -> torch.Tensor:
     """Packed FP4 [..., N, K/2] (low nibble = even element) with e8m0 [..., N, K/32]
     -> exact fp32 [..., N, K]."""
     k = 2 * b.shape[-1]
-    s = (e8m0_to_fp32(b_s) * _E2M1_AS_F16).unsqueeze(-1)  # [..., N, K/32, 1]
     vals = _e2m1_to_fp32(b).view(*b.shape[:-1], k // FP4_BLOCK, FP4_BLOCK)
-    return (vals * s).view(*b.shape[:-1], k)
+    return vals.mul_(e8m0_to_fp32(b_s).unsqueeze(-1)).view(*b.shape[:-1], k)
+
+
+@contextmanager
+def bf16_products(on: bool = True) -> Iterator[None]:
+    """Within the block, CPU fp32 matmuls multiply in bf16 (oneDNN's bf16 math mode): each
+    operand is rounded to bf16, products are exact and accumulate in fp32, output is fp32.
+
+    Lossless, so the same arithmetic as an fp32 GEMM up to summation order, when every operand
+    value is a bf16 value: bf16 activations and weights, FP8/FP4 values times power-of-two
+    scales. Callers pass `on` only for such operands. The mode is a process-wide setting,
+    restored on exit; the engine runs one forward pass at a time. Torch builds without the
+    setting (before 2.9) keep plain fp32 GEMMs: the same results, slower.
+    """
+    knob = getattr(torch.backends.mkldnn, "matmul", None)
+    if not on or knob is None or knob.fp32_precision == "bf16":
+        yield
+        return
+    old, knob.fp32_precision = knob.fp32_precision, "bf16"
+    try:
+        yield
+    finally:
+        knob.fp32_precision = old
 
 
 def slab_matmul(
-    a: torch.Tensor, n: int, rows: Callable[[int, int], torch.Tensor], align: int = FP8_BLOCK
+    a: torch.Tensor,
+    n: int,
+    rows: Callable[[int, int], torch.Tensor],
+    align: int = FP8_BLOCK,
+    bf16_exact: bool = False,
 ) -> torch.Tensor:
     """a fp32 [M, K] @ Wᵀ -> fp32 [M, N], where `rows(lo, hi)` gives W[lo:hi] in fp32.
 
     The weight is dequantized one small slab of rows at a time, so the fp32 copy stays in
     cache instead of going through memory (decode is bound by weight traffic, and this keeps
-    it at the stored size).
+    it at the stored size). `bf16_exact`: every value of `a` and W is a bf16 value, so
+    from `BF16_MIN_ROWS` rows on the products run in bf16 (`bf16_products`).
     """
-    k = a.shape[-1]
-    step = max(align, (_SLAB_BYTES // (4 * k)) // align * align)
-    if step >= n:
-        return a @ rows(0, n).T
-    out = a.new_empty(a.shape[0], n)
-    for lo in range(0, n, step):
-        hi = min(n, lo + step)
-        torch.matmul(a, rows(lo, hi).T, out=out[:, lo:hi])
+    m, k = a.shape
+    wide = m >= BF16_MIN_ROWS
+    slab = _WIDE_SLAB_BYTES if wide else _SLAB_BYTES
+    step = max(align, (slab // (4 * k)) // align * align)
+    with bf16_products(bf16_exact and wide):
+        if step >= n:
+            return a @ rows(0, n).T
+        out = a.new_empty(m, n)
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            torch.matmul(a, rows(lo, hi).T, out=out[:, lo:hi])
+    return out
+
+
+def bf16_matmul_fp32(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x bf16 [M, K] @ w bf16 [N, K]ᵀ -> fp32 [M, N]: exact products, fp32 accumulation.
+
+    REF's fp32 GEMM of bf16 operands (its head). Torch's CPU bf16 GEMM rounds its output to
+    bf16, so w is upcast slab by slab into one reused fp32 buffer (no allocation per slab)
+    and multiplied there; many rows multiply in bf16, which is lossless for these operands.
+    """
+    m, k = x.shape
+    n, wide = w.shape[0], m >= BF16_MIN_ROWS
+    step = min(n, max(1, (_WIDE_SLAB_BYTES if wide else _SLAB_BYTES) // (4 * k)))
+    xf, buf = x.float(), x.new_empty(step, k, dtype=torch.float32)
+    out = x.new_empty(m, n, dtype=torch.float32)
+    with bf16_products(wide):
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            slab = buf[: hi - lo]
+            slab.copy_(w[lo:hi])
+            torch.matmul(xf, slab.T, out=out[:, lo:hi])
     return out
 
 
@@ -117,7 +196,8 @@ def fp8_gemm_ref(
     want = (-(-n // FP8_BLOCK), -(-k // FP8_BLOCK))
     if tuple(b_s.shape) != want:
         raise ValueError(f"weight scales {tuple(b_s.shape)}, expected {want}")
-    out = slab_matmul(_dequantize_act(a, a_s), n, lambda lo, hi: fp8_rows(b, b_s, lo, hi))
+    # e4m3 / e2m1 values times power-of-two scales are bf16 values: bf16 products are exact
+    out = fp8_matmul(_dequantize_act(a, a_s), b, b_s, bf16_exact=True)
     return out.to(out_dtype)
 
 
@@ -133,9 +213,8 @@ def fp4_gemm_ref(
     n, half = b.shape
     if tuple(b_s.shape) != (n, 2 * half // FP4_BLOCK):
         raise ValueError(f"weight scales {tuple(b_s.shape)}, expected {(n, 2 * half // FP4_BLOCK)}")
-    out = slab_matmul(
-        _dequantize_act(a, a_s), n, lambda lo, hi: dequantize_fp4(b[lo:hi], b_s[lo:hi])
-    )
+    rows = lambda lo, hi: dequantize_fp4(b[lo:hi], b_s[lo:hi])  # noqa: E731
+    out = slab_matmul(_dequantize_act(a, a_s), n, rows, bf16_exact=True)
     return out.to(out_dtype)
 
 

@@ -11,7 +11,15 @@ import textwrap
 
 import pytest
 
-FIXED_OVERHEAD_MIB = 96  # allocator arenas, per-layer bookkeeping, the loader's own transients
+# What loading costs beyond the tensors themselves, independent of the model's size: the heap
+# and allocator state torch's first operations set up (~25 MiB measured on the medium
+# checkpoint, where the loaded tensors come to 1.02x the bytes on disk because `tid2eid` is
+# widened to int64), with headroom for allocator fragmentation.
+FIXED_OVERHEAD_MIB = 48
+# The checkpoint reader copies each tensor once, straight from the file into its buffer; a
+# transient second copy of the 126 MiB embedding or head would show as peak above the
+# steady state.
+TRANSIENT_MIB = 32
 
 _SCRIPT = textwrap.dedent(
     """
@@ -45,3 +53,4 @@ def test_peak_rss_while_loading_medium(tmp_path):
     assert grown <= 1.5 * disk_mib + FIXED_OVERHEAD_MIB, (rss, disk_mib)
     # Steady state: the loaded model is about its size on disk (weights stay FP8/FP4/bf16).
     assert rss["after"] - rss["base"] <= 1.2 * disk_mib + FIXED_OVERHEAD_MIB, (rss, disk_mib)
+    assert rss["peak"] - rss["after"] <= TRANSIENT_MIB, (rss, disk_mib)
