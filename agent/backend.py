@@ -97,9 +97,12 @@ NO_MODEL_HELP = (
 def build_backend(opts: BackendOptions) -> Backend:
     """The backend the options select: script, then endpoint, then local model."""
     if opts.script is not None:
-        from dsv4.agent.scripted import ScriptedBackend
+        from dsv4.agent.scripted import ScriptedBackend, ScriptError
 
-        return ScriptedBackend(opts.script, thinking=opts.thinking)
+        try:
+            return ScriptedBackend(opts.script, thinking=opts.thinking)
+        except ScriptError as exc:  # the user's file: a usage error, not a model failure
+            raise BackendConfigError(f"--script: {exc}") from exc
     if opts.endpoint:
         from dsv4.agent.endpoint import EndpointBackend
 

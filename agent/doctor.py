@@ -7,6 +7,7 @@ the command can exit 1 naming whatever essential item is missing.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import platform
 import shutil
@@ -15,7 +16,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from dsv4.engine.hub import find_checkpoints, hf_cache_dir
+from dsv4.engine.hub import FoundCheckpoint, find_checkpoints, hf_cache_dir
 
 
 @dataclass(frozen=True)
@@ -97,17 +98,35 @@ def _models(model: str | None, env: dict[str, str]) -> list[Check]:
         ]
     checks = []
     for f in found:
-        state = "complete" if f.complete else "incomplete (config or weights missing)"
+        problem = _model_problem(f)
         checks.append(
             Check(
                 f"model ({f.source})",
                 f.name,
-                f.complete,
+                not problem,
                 f.source == "--model",
-                f"{f.path}: {state}",
+                f"{f.path}: {problem or 'complete'}",
             )
         )
     return checks
+
+
+def _model_problem(found: FoundCheckpoint) -> str:
+    """What visibly keeps a found checkpoint from loading ('' when nothing does). Reads only
+    `config.json`, and only as JSON: the engine validates the keys when it loads."""
+    if not found.path.is_dir():
+        return "no such folder (pass a checkpoint folder or a cached Hugging Face id)"
+    if not found.has_config:
+        return "no config.json: not a DeepSeek-V4 checkpoint folder"
+    config = found.path / "config.json"
+    try:
+        if not isinstance(json.loads(config.read_text(encoding="utf-8")), dict):
+            return "config.json is not a JSON object"
+    except OSError as exc:
+        return f"config.json cannot be read: {exc.strerror or exc}"
+    except ValueError as exc:  # not JSON, or not UTF-8
+        return f"config.json is corrupt: {exc}"
+    return "" if found.has_weights else "config.json only: no *.safetensors weights"
 
 
 def _resources(path: Path) -> list[Check]:

@@ -13,10 +13,42 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dsv4.agent.backend import BackendOptions, ModelError, ModelTurn, StreamCallback, openai_tools
+from dsv4.agent.backend import (
+    BackendConfigError,
+    BackendOptions,
+    ModelError,
+    ModelTurn,
+    StreamCallback,
+    openai_tools,
+)
 from dsv4.engine.dsml import ToolCall
 
 API_KEY_ENV = ("DSV4_API_KEY", "OPENAI_API_KEY")
+
+
+def check_url(url: str) -> str:
+    """`url` when it is an http(s) URL with a host; BackendConfigError naming --endpoint."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise BackendConfigError(
+            f"--endpoint {url!r}: expected an http(s) URL such as http://127.0.0.1:8000/v1"
+        )
+    return url.strip()
+
+
+def failure_text(url: str, exc: Exception) -> str:
+    """What went wrong talking to `url`, with what to check when the server is unreachable."""
+    import openai
+
+    if isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        return (
+            f"cannot reach endpoint {url} ({cause}); is the server running, "
+            "and is the --endpoint URL right (…/v1)?"
+        )
+    return f"endpoint {url} failed: {exc}"
 
 
 def resolve_api_key(flag: str | None, env: Mapping[str, str] | None = None) -> str | None:
@@ -162,7 +194,7 @@ class EndpointBackend:
     def from_options(cls, opts: BackendOptions) -> EndpointBackend:
         assert opts.endpoint
         return cls(
-            opts.endpoint,
+            check_url(opts.endpoint),
             resolve_api_key(opts.api_key),
             opts.endpoint_model,
             opts.max_tokens_per_turn,
@@ -185,7 +217,7 @@ class EndpointBackend:
             for chunk in stream:
                 acc.add(chunk, on_stream)
         except openai.OpenAIError as exc:
-            raise ModelError(f"endpoint {self.url} failed: {exc}") from exc
+            raise ModelError(failure_text(self.url, exc)) from exc
         return acc.turn(on_stream)
 
     def _request(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> dict:
@@ -212,6 +244,8 @@ class EndpointBackend:
 
         try:
             models = [m.id for m in self.client.models.list()]
+        except openai.APIConnectionError as exc:
+            raise ModelError(failure_text(self.url, exc)) from exc
         except openai.OpenAIError as exc:
             raise ModelError(
                 f"endpoint {self.url}: cannot list models ({exc}); name one with --endpoint-model"

@@ -8,6 +8,7 @@ verification run decides between success and failure.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import traceback
@@ -95,10 +96,14 @@ def _finish(cfg: RunConfig, events: Events, body: Callable[[], RunOutcome]) -> i
     except KeyboardInterrupt:
         outcome = RunOutcome("interrupted", EXIT_INTERRUPTED, "interrupted by the user")
     except Exception as exc:  # the headless contract needs its result event, even on a bug
-        # A bug or an engine failure outside generation: keep the traceback for the report,
-        # and still end with the documented model/engine exit code.
-        traceback.print_exc(file=sys.stderr)
-        outcome = RunOutcome("model_error", EXIT_MODEL, f"unexpected {type(exc).__name__}: {exc}")
+        # A bug or an engine failure outside generation: one line for the user, the
+        # traceback for a bug report on request, and the documented model/engine exit code.
+        debug = bool(os.environ.get("DSV4_DEBUG"))
+        if debug:
+            traceback.print_exc(file=sys.stderr)
+        hint = "" if debug else " (set DSV4_DEBUG=1 to see the traceback)"
+        message = f"unexpected {type(exc).__name__}: {exc}{hint}"
+        outcome = RunOutcome("model_error", EXIT_MODEL, message)
     events.emit(
         "result",
         status=outcome.status,
@@ -154,7 +159,8 @@ def _task(
 
 def _check_root(root: Path) -> Path:
     if not root.is_dir():
-        raise UsageError(f"repository path {root} is not a directory")
+        what = "is not a directory" if root.exists() else "does not exist"
+        raise UsageError(f"repository path {root} {what}; give the repository folder")
     return root.resolve()
 
 

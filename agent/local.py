@@ -32,6 +32,13 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+def _text(exc: BaseException) -> str:
+    """An error's message; an OSError as 'PATH: reason' without the '[Errno N]' prefix."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return str(exc)
+
+
 class LocalBackend:
     """Generates with an in-process model; keeps one session per conversation."""
 
@@ -49,6 +56,7 @@ class LocalBackend:
     @classmethod
     def from_options(cls, opts: BackendOptions) -> LocalBackend:
         from dsv4.engine import load_model
+        from dsv4.engine.errors import EngineError
         from dsv4.engine.hub import CheckpointNotFound
         from dsv4.engine.sampler import SamplingParams
         from dsv4.engine.tokenizer import get_tokenizer
@@ -58,7 +66,14 @@ class LocalBackend:
             model = load_model(opts.model)
         except CheckpointNotFound as exc:
             raise BackendConfigError(f"--model {opts.model}: {exc}") from exc
-        except (OSError, ValueError, RuntimeError) as exc:
+        except UnicodeDecodeError as exc:
+            raise BackendConfigError(
+                f"--model {opts.model}: a file of the checkpoint is not UTF-8 text "
+                f"({exc.reason} at byte {exc.start}); is config.json corrupt?"
+            ) from exc
+        except (EngineError, OSError, ValueError) as exc:  # the folder named is not usable
+            raise BackendConfigError(f"--model {opts.model}: cannot load: {_text(exc)}") from exc
+        except RuntimeError as exc:  # out of memory, a device failure
             raise ModelError(f"cannot load model {opts.model}: {exc}") from exc
         params = SamplingParams(
             temperature=opts.temperature, seed=opts.seed, max_new_tokens=opts.max_tokens_per_turn

@@ -27,6 +27,10 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 
+# Command-line options whose names differ from their settings.
+_OPTION_NAMES = {"timeout_s": "--timeout", "test_command": "--test"}
+
+
 class SettingsError(ValueError):
     """A setting has an unknown name or a bad value; the message names its source and key."""
 
@@ -78,6 +82,8 @@ class Settings:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 where = self.origin.get(name, "settings")
+                if where == "flag":  # name the option the user typed
+                    where = _OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
                 raise SettingsError(f"{where}: {name} must be positive, got {value}")
 
     # The rule lists split by target, in the permission policy's terms.

@@ -58,12 +58,13 @@ class Snapshots:
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
         if not self.root.is_dir():
-            raise SnapshotError(f"cannot snapshot {self.root}: not a directory")
+            what = "is not a directory" if self.root.exists() else "does not exist"
+            raise SnapshotError(f"{self.root} {what}; give the repository folder")
         probe = _git(self.root, "rev-parse", "--show-toplevel", "--absolute-git-dir", check=False)
         if probe.returncode != 0:
             raise SnapshotError(
-                f"cannot snapshot {self.root}: not inside a git work tree; "
-                "run `git init` there first (no commit is needed)"
+                f"{self.root} is not inside a git work tree (dsv4 keeps its undo snapshots "
+                "in git); run `git init` there first (no commit is needed)"
             )
         toplevel, git_dir = probe.stdout.splitlines()[:2]
         self.toplevel = Path(toplevel)

@@ -17,16 +17,38 @@ import typer
 
 app = typer.Typer(no_args_is_help=True, help="Run the agent on a repository.")
 
-PathArg = Annotated[Path, typer.Argument(help="Repository folder (default: the current one).")]
-TestOpt = Annotated[str | None, typer.Option("--test", help="Test command (default: detected).")]
+PathArg = Annotated[
+    Path, typer.Argument(help="Repository folder, a git work tree (default: the current one).")
+]
+TestOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--test",
+        help="Shell command that runs the tests, e.g. 'pytest -q' (default: detected from "
+        "pyproject, package.json, Cargo.toml, go.mod or a Makefile).",
+    ),
+]
 ModelOpt = Annotated[
-    str | None, typer.Option("--model", help="Local V4 checkpoint folder or Hugging Face id.")
+    str | None,
+    typer.Option(
+        "--model",
+        help="Local V4 checkpoint folder, or a Hugging Face id already in the local cache "
+        "(never downloaded). Default: DSV4_MODEL.",
+    ),
 ]
 EndpointOpt = Annotated[
-    str | None, typer.Option("--endpoint", help="OpenAI-compatible server URL (…/v1).")
+    str | None,
+    typer.Option(
+        "--endpoint",
+        help="OpenAI-compatible server URL, e.g. http://127.0.0.1:8000/v1 (used instead of "
+        "a local model).",
+    ),
 ]
 EndpointModelOpt = Annotated[
-    str | None, typer.Option("--endpoint-model", help="Model name at the endpoint.")
+    str | None,
+    typer.Option(
+        "--endpoint-model", help="Model name at the endpoint (default: the first it serves)."
+    ),
 ]
 ApiKeyOpt = Annotated[
     str | None,
@@ -44,14 +66,23 @@ YesOpt = Annotated[
     ),
 ]
 CiOpt = Annotated[bool, typer.Option("--ci", help="Never prompt: 'ask' actions are denied.")]
-StepsOpt = Annotated[int | None, typer.Option("--max-steps", help="Most model turns.")]
-TimeoutOpt = Annotated[float | None, typer.Option("--timeout", help="Wall-time limit, seconds.")]
+# Ranges are checked with the other settings, so that a bad value still ends with the
+# `result` event that --json promises.
+StepsOpt = Annotated[int | None, typer.Option("--max-steps", help="Most model turns (default 50).")]
+TimeoutOpt = Annotated[
+    float | None, typer.Option("--timeout", help="Wall-time limit in seconds (default 1800).")
+]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Sampling seed.")]
 NoThinkOpt = Annotated[
     bool, typer.Option("--no-thinking", help="Chat mode instead of thinking mode.")
 ]
-CommitOpt = Annotated[bool, typer.Option("--commit", help="Commit the changes of a good run.")]
-ResumeOpt = Annotated[str | None, typer.Option("--resume", help="Continue a logged session.")]
+CommitOpt = Annotated[
+    bool, typer.Option("--commit", help="Commit the changes when the tests pass at the end.")
+]
+ResumeOpt = Annotated[
+    str | None,
+    typer.Option("--resume", help="Continue a logged session: its id (printed at the end) or log."),
+]
 NoIndexOpt = Annotated[
     bool, typer.Option("--no-index", help="Skip the repository index; show failing files only.")
 ]
@@ -96,7 +127,11 @@ def _with_shared_options(command: Callable[..., None]) -> Callable[..., None]:
 @app.command("fix")
 @_with_shared_options
 def fix_command(path: PathArg = Path("."), **flags: Any) -> None:
-    """Run the tests and, while they fail, let the model fix the code."""
+    """Run the tests and, while they fail, let the model fix the code.
+
+    Exit codes: 0 fixed or already green, 1 still failing, 2 usage or configuration error,
+    3 a limit was reached, 4 model or engine error, 130 interrupted.
+    """
     from dsv4.agent.fix import fix
 
     cfg, events, renderer = _prepare(path, flags)
@@ -110,7 +145,11 @@ def run_command(
     path: Annotated[Path, typer.Option("--path", "-C", help="Repository folder.")] = Path("."),
     **flags: Any,
 ) -> None:
-    """Run the agent loop on a free-form task."""
+    """Run the agent loop on a free-form task.
+
+    Exit codes: 0 done, 2 usage or configuration error, 3 a limit was reached, 4 model or
+    engine error, 130 interrupted.
+    """
     from dsv4.agent.fix import run_task
 
     cfg, events, renderer = _prepare(path, flags)

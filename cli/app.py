@@ -104,5 +104,16 @@ for _entry in _COMMANDS:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point. An error no command mapped to an exit code (a bug) prints
+    one line and exits 1; `DSV4_DEBUG=1` shows the traceback instead."""
+    import os
+    import sys
+
+    try:
+        app()  # usage errors and documented exits are handled inside (SystemExit)
+    except Exception as exc:
+        if os.environ.get("DSV4_DEBUG"):
+            raise
+        name = type(exc).__name__
+        print(f"dsv4: unexpected {name}: {exc} (DSV4_DEBUG=1 shows the traceback)", file=sys.stderr)
+        sys.exit(1)

@@ -37,13 +37,36 @@ class ChatState:
 
 
 def chat(
-    path: Annotated[Path, typer.Argument(help="Repository folder.")] = Path("."),
-    model: Annotated[str | None, typer.Option("--model", help="Local V4 checkpoint.")] = None,
-    endpoint: Annotated[str | None, typer.Option("--endpoint", help="OpenAI server URL.")] = None,
-    endpoint_model: Annotated[str | None, typer.Option("--endpoint-model")] = None,
-    api_key: Annotated[str | None, typer.Option("--api-key", help="Endpoint key.")] = None,
+    path: Annotated[
+        Path, typer.Argument(help="Repository folder, a git work tree (default: the current one).")
+    ] = Path("."),
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", help="Local V4 checkpoint folder or cached HF id (default: DSV4_MODEL)."
+        ),
+    ] = None,
+    endpoint: Annotated[
+        str | None,
+        typer.Option("--endpoint", help="OpenAI-compatible server URL, e.g. http://host:8000/v1."),
+    ] = None,
+    endpoint_model: Annotated[
+        str | None,
+        typer.Option(
+            "--endpoint-model", help="Model name at the endpoint (default: the first it serves)."
+        ),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key", help="Endpoint key (default: DSV4_API_KEY, then OPENAI_API_KEY)."
+        ),
+    ] = None,
     script: Annotated[
-        Path | None, typer.Option("--script", help="Replay recorded completions.")
+        Path | None,
+        typer.Option(
+            "--script", help="Replay recorded completions (JSON Lines) instead of a model."
+        ),
     ] = None,
     yes: Annotated[
         bool,
@@ -51,15 +74,28 @@ def chat(
             "--yes", "-y", help="Never prompt ('ask' actions not on the allow list are denied)."
         ),
     ] = False,
-    max_steps: Annotated[int, typer.Option("--max-steps", help="Most turns per reply.")] = 30,
-    no_thinking: Annotated[bool, typer.Option("--no-thinking", help="Chat mode.")] = False,
-    no_index: Annotated[bool, typer.Option("--no-index", help="No repository index.")] = False,
+    max_steps: Annotated[
+        int, typer.Option("--max-steps", min=1, help="Most model turns per reply.")
+    ] = 30,
+    no_thinking: Annotated[
+        bool, typer.Option("--no-thinking", help="Chat mode instead of thinking mode.")
+    ] = False,
+    no_index: Annotated[
+        bool, typer.Option("--no-index", help="Skip the repository index; the model reads files.")
+    ] = False,
 ) -> None:
-    """Talk to the agent about the repository; it reads, edits and runs tests as you ask."""
-    from dsv4.agent.backend import BackendConfigError, BackendOptions, ModelError, build_backend
+    """Talk to the agent about the repository; it reads, edits and runs tests as you ask.
 
-    console = Console(highlight=False)
+    Exit codes: 0 on /exit or Ctrl-D, 2 usage or setup error (path, model, script),
+    130 interrupted while starting.
+    """
+    from dsv4.agent.backend import BackendConfigError, BackendOptions, ModelError, build_backend
+    from dsv4.agent.snapshot import SnapshotError
+    from dsv4.cli.render import error_exit
+
     root = path.expanduser().resolve()
+    if not root.is_dir():
+        raise error_exit("chat", f"repository path {path} is not a directory")
     opts = BackendOptions(
         script=script,
         endpoint=endpoint,
@@ -69,29 +105,29 @@ def chat(
         thinking=not no_thinking,
     )
     try:
-        backend = build_backend(opts)
-    except (BackendConfigError, ModelError, ValueError) as exc:
-        console.print(Text(f"error: {exc}", style="red"))
-        raise typer.Exit(2) from exc
-    repl = _Repl(console, root, backend, yes, max_steps, not no_index)
+        repl = _Repl(Console(highlight=False), root, yes, max_steps, not no_index)
+        repl.backend = build_backend(opts)
+    except SnapshotError as exc:  # not a git work tree: /undo would have nothing to work with
+        raise error_exit("chat", str(exc)) from None
+    except (BackendConfigError, ValueError) as exc:
+        raise error_exit("chat", str(exc)) from None
+    except ModelError as exc:
+        raise error_exit("chat", str(exc), 4) from None
+    except KeyboardInterrupt:
+        raise error_exit("chat", "interrupted while starting", 130) from None
     raise typer.Exit(repl.run())
 
 
 class _Repl:
     def __init__(
-        self,
-        console: Console,
-        root: Path,
-        backend: Any,
-        yes: bool,
-        max_steps: int,
-        use_index: bool,
+        self, console: Console, root: Path, yes: bool, max_steps: int, use_index: bool
     ) -> None:
         from dsv4.agent.snapshot import Snapshots
         from dsv4.tools.base import ToolContext, default_tools
         from dsv4.tools.policy import Policy
 
-        self.console, self.root, self.backend = console, root, backend
+        self.console, self.root = console, root
+        self.backend: Any = None  # set once built (after the cheap checks)
         self.max_steps, self.use_index = max_steps, use_index
         self.snapshots = Snapshots(root)
         self.tools = default_tools()

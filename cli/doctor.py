@@ -10,9 +10,14 @@ import typer
 
 def doctor(
     model: Annotated[
-        str | None, typer.Option("--model", help="A checkpoint folder or HF id to check too.")
+        str | None,
+        typer.Option(
+            "--model", help="A checkpoint folder or cached HF id to check too (config.json only)."
+        ),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object instead of the table.")
+    ] = False,
 ) -> None:
     """Report Python, torch and devices, triton, the V4 tokenizer, git, models, disk, memory.
 
@@ -38,6 +43,7 @@ def doctor(
             table.add_row(c.name, c.value, status, c.detail)
         Console().print(table)
     if missing:
-        names = ", ".join(c.name for c in missing)
-        typer.echo(f"dsv4 doctor: missing essential: {names}", err=True)
+        for c in missing:  # the table may be cut to the terminal's width: say it in full
+            detail = f": {c.detail}" if c.detail else ""
+            typer.echo(f"dsv4 doctor: missing essential: {c.name}{detail}", err=True)
         raise typer.Exit(1)

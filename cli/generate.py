@@ -21,16 +21,40 @@ _NO_MODEL = (
 
 
 def _fail(code: int, message: str) -> typer.Exit:
-    typer.echo(f"dsv4 generate: {message}", err=True)
-    return typer.Exit(code)
+    from dsv4.cli.render import error_exit
+
+    return error_exit("generate", message, code)
 
 
-def _pick_device(device: str) -> str:
+def resolve_device(device: str) -> str:
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> a device this machine has; ValueError naming
+    `--device` otherwise (checked before a model is loaded)."""
     import torch
 
-    if device == "auto":
+    text = device.strip().lower()
+    if text == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    kind, _, index = text.partition(":")
+    if text == "cpu":
+        return "cpu"
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise ValueError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available here; use --device cpu")
+    if index and int(index) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ValueError(f"--device {device}: this machine has {count} CUDA device(s)")
+    return text
+
+
+# `SamplingParams` names its fields; people typed the options.
+_SAMPLING_OPTIONS = {"temperature": "--temperature", "top_p": "--top-p", "top_k": "--top-k",
+                     "max_new_tokens": "--max-new-tokens", "seed": "--seed"}  # fmt: skip
+
+
+def _option_of(message: str) -> str:
+    field = message.removeprefix("SamplingParams.").split("=", 1)[0]
+    return _SAMPLING_OPTIONS.get(field, "option")
 
 
 class _Renderer:
@@ -85,19 +109,35 @@ def generate(
     prompt: Annotated[str, typer.Argument(help="The user message.")],
     model: Annotated[
         str | None,
-        typer.Option("--model", envvar="DSV4_MODEL", help="Checkpoint folder or HF id (cached)."),
+        typer.Option(
+            "--model",
+            envvar="DSV4_MODEL",
+            help="Checkpoint folder, or a Hugging Face id already in the local cache.",
+        ),
     ] = None,
     system: Annotated[str | None, typer.Option("--system", help="A system message.")] = None,
     thinking: Annotated[
         bool, typer.Option("--thinking/--no-thinking", help="Thinking mode (reasoning first).")
     ] = True,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Token limit.")] = 512,
-    temperature: Annotated[float, typer.Option("--temperature", help="0 = greedy.")] = 1.0,
-    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass.")] = 1.0,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", help="Most tokens to generate (>= 1).")
+    ] = 512,
+    temperature: Annotated[
+        float, typer.Option("--temperature", help="Sampling temperature >= 0; 0 = greedy.")
+    ] = 1.0,
+    top_p: Annotated[
+        float, typer.Option("--top-p", help="Nucleus sampling mass, in (0, 1]; 1 = off.")
+    ] = 1.0,
     top_k: Annotated[int, typer.Option("--top-k", help="Top-k filter; 0 = off.")] = 0,
-    seed: Annotated[int | None, typer.Option("--seed", help="Sampling seed.")] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")] = "auto",
-    as_json: Annotated[bool, typer.Option("--json", help="NDJSON events on stdout.")] = False,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Sampling seed (same seed, same output).")
+    ] = None,
+    device: Annotated[
+        str, typer.Option("--device", help="auto (cuda when available), cpu, cuda or cuda:N.")
+    ] = "auto",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="NDJSON events on stdout; progress stays on stderr.")
+    ] = False,
 ) -> None:
     """Generate one answer from the local engine with the V4 chat encoding."""
     from dsv4.engine.dsml import EOS, StreamParser
@@ -118,6 +158,10 @@ def generate(
             max_new_tokens=max_new_tokens,
         )
     except SamplingParamsError as exc:
+        raise _fail(2, f"{_option_of(str(exc))}: {exc}") from None
+    try:
+        device = resolve_device(device)
+    except ValueError as exc:
         raise _fail(2, str(exc)) from None
     messages = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": prompt})
@@ -152,13 +196,18 @@ def _load_session(model: str, device: str, render: _Renderer) -> Any:
     import torch
 
     from dsv4 import engine
+    from dsv4.cli.render import describe_error
     from dsv4.engine.errors import EngineError
 
     render.progress(f"loading {model} …")
     try:
-        loaded = engine.load_model(model, device=_pick_device(device), dtype=torch.bfloat16)
-    except (EngineError, OSError, ValueError) as exc:
-        raise _fail(2, f"cannot load model {model!r}: {exc}") from None
+        loaded = engine.load_model(model, device=device, dtype=torch.bfloat16)
+    except (EngineError, OSError, ValueError) as exc:  # a bad path, config or shard
+        raise _fail(2, f"cannot load model {model!r}: {describe_error(exc)}") from None
+    except RuntimeError as exc:  # out of memory, a device error
+        raise _fail(4, f"cannot load model {model!r}: {describe_error(exc)}") from None
+    except KeyboardInterrupt:
+        raise _fail(130, "interrupted while loading the model") from None
     return loaded.new_session()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -11,17 +12,26 @@ import typer
 
 app = typer.Typer(no_args_is_help=True, help="Git pre-commit integration.")
 
-_PATH = typer.Argument(help="A folder inside the git repository.")
+_PATH = typer.Argument(help="A folder inside the git repository (default: the current one).")
+
+
+class Restage(str, Enum):  # noqa: UP042 (the project still runs on 3.10)
+    ask = "ask"
+    always = "always"
+    never = "never"
 
 
 def _root(path: Path) -> Path:
     from dsv4.agent.hook import HookError, repo_root
+    from dsv4.cli.render import error_exit
 
+    if not path.is_dir():
+        what = "is not a directory" if path.exists() else "does not exist"
+        raise error_exit("hook", f"{path} is not inside a git repository: it {what}")
     try:
         return repo_root(path)
-    except (HookError, FileNotFoundError, NotADirectoryError) as exc:
-        typer.echo(f"dsv4 hook: {path} is not inside a git repository ({exc})", err=True)
-        raise typer.Exit(2) from None
+    except (HookError, OSError) as exc:
+        raise error_exit("hook", f"{path} is not inside a git repository ({exc})") from None
 
 
 @app.command()
@@ -59,14 +69,19 @@ def run(
         typer.Option("--check", help="A check command (repeatable); default: the test command."),
     ] = None,
     budget: Annotated[
-        float | None, typer.Option("--budget", help="Time budget in seconds (default 300).")
+        float | None,
+        typer.Option("--budget", min=1, help="Time budget in seconds (default 300)."),
     ] = None,
     fix: Annotated[
         bool | None,
         typer.Option("--fix/--no-fix", help="Let the agent fix failures (needs a model)."),
     ] = None,
     restage: Annotated[
-        str | None, typer.Option("--restage", help="ask | always | never: re-stage fixes.")
+        Restage | None,
+        typer.Option(
+            "--restage",
+            help="Re-stage the agent's fixes: ask (on a terminal), always or never.",
+        ),
     ] = None,
     model: Annotated[
         str | None, typer.Option("--model", help="Checkpoint folder or HF id.")
@@ -89,7 +104,8 @@ def run(
     root = _root(path)
     try:
         cfg = load_hook_config(root)
-        overrides = {"checks": check, "budget_s": budget, "fix": fix, "restage": restage}
+        choice = restage.value if restage is not None else None
+        overrides = {"checks": check, "budget_s": budget, "fix": fix, "restage": choice}
         cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v})
         if fix is False:
             cfg = dataclasses.replace(cfg, fix=False)

@@ -1,7 +1,8 @@
 """`dsv4 model info / verify / tiny`: inspect, check or fabricate a DeepSeek-V4 checkpoint.
 
 torch and the engine are imported inside the commands so that `dsv4 --help` stays instant.
-Exit codes: 0 ok; 1 `verify` found problems; 2 the path or config cannot be used.
+Exit codes: 0 ok; 1 `verify` found problems in a checkpoint; 2 the path is not a checkpoint
+(or, for `info`, its config cannot be used), a bad option or output folder; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ app = typer.Typer(
 )
 
 ONE_M = 1_048_576
-PathArg = Annotated[str, typer.Argument(help="Checkpoint folder (or config-only folder) or HF id.")]
+PathArg = Annotated[
+    str,
+    typer.Argument(
+        help="Checkpoint folder (a config-only folder works for `info`), or a Hugging Face id "
+        "already in the local cache (nothing is downloaded)."
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 
 
@@ -30,8 +37,23 @@ class PresetName(str, Enum):  # noqa: UP042 (StrEnum is 3.11+; we support 3.10)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"dsv4 model: {message}", err=True)
-    return typer.Exit(code)
+    from dsv4.cli.render import error_exit
+
+    return error_exit("model", message, code)
+
+
+def _folder(path: str) -> Path:
+    """The checkpoint folder `path` names; exits 2 when it names none."""
+    from dsv4.engine.hub import CheckpointNotFound, resolve_model_path
+
+    try:
+        return resolve_model_path(path)
+    except CheckpointNotFound as exc:
+        hint = "" if "expected" in str(exc) else f"; {_EXPECTED}"
+        raise _fail(f"{exc}{hint}") from None
+
+
+_EXPECTED = "expected a checkpoint folder holding config.json (or a Hugging Face id in the cache)"
 
 
 def _runs(layers: list[int]) -> str:
@@ -172,12 +194,12 @@ def info(path: PathArg, as_json: JsonOpt = False) -> None:
     Works on a folder holding only `config.json` (figures then come from the config alone).
     """
     from dsv4.engine.errors import EngineError
-    from dsv4.engine.hub import resolve_model_path
 
+    folder = _folder(path)
     try:
-        summary = _summary(resolve_model_path(path))
-    except (EngineError, FileNotFoundError) as exc:
-        raise _fail(str(exc)) from None
+        summary = _summary(folder)
+    except (EngineError, OSError, ValueError) as exc:  # unreadable or undecodable files too
+        raise _fail(_problem(folder, exc)) from None
     if as_json:
         typer.echo(json.dumps(summary))
     else:
@@ -191,18 +213,22 @@ def info(path: PathArg, as_json: JsonOpt = False) -> None:
 def verify(path: PathArg, as_json: JsonOpt = False) -> None:
     """Check every expected tensor (present, shape, dtype), no extras, every shard readable.
 
-    Exits 1 listing each problem by file and tensor name.
+    Exits 1 listing each problem by file and tensor name; 2 when PATH is not a checkpoint
+    folder at all (missing, a file, or no config.json).
     """
     from rich.console import Console
 
     from dsv4.engine.checkpoint import open_checkpoint
     from dsv4.engine.errors import EngineError
 
+    folder = _folder(path)
+    if not (folder / "config.json").exists():
+        raise _fail(f"{folder} holds no config.json; {_EXPECTED}")
     try:
-        with open_checkpoint(path) as ckpt:
+        with open_checkpoint(folder) as ckpt:
             problems, count = ckpt.verify(), len(ckpt.names())
-    except EngineError as exc:
-        problems, count = [str(exc)], 0
+    except (EngineError, OSError, ValueError) as exc:  # a corrupt config, index or header
+        problems, count = [_problem(folder, exc)], 0
     if as_json:
         typer.echo(json.dumps({"path": path, "ok": not problems, "tensors": count,
                                "problems": problems}))  # fmt: skip
@@ -216,23 +242,46 @@ def verify(path: PathArg, as_json: JsonOpt = False) -> None:
         raise typer.Exit(1)
 
 
+def _problem(folder: Path, exc: BaseException) -> str:
+    """The message of a failure to read `folder`, naming the folder when the error does not."""
+    from dsv4.cli.render import describe_error
+    from dsv4.engine.errors import EngineError
+
+    if isinstance(exc, EngineError) or getattr(exc, "filename", None):
+        return describe_error(exc)  # the engine's errors name the file already
+    return f"{folder}: {describe_error(exc)}"
+
+
 # -- tiny ----------------------------------------------------------------------------------------
 
 
 @app.command()
 def tiny(
-    out: Annotated[Path, typer.Argument(help="Folder to write the checkpoint into.")],
+    out: Annotated[
+        Path, typer.Argument(help="New (or empty) folder to write the checkpoint into.")
+    ],
     preset: Annotated[
-        PresetName, typer.Option(help="small: the golden dims; medium: ~180 M.")
+        PresetName,
+        typer.Option(help="small: the golden test dims (~78 MB); medium: ~180 M params (~320 MB)."),
     ] = PresetName.small,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes).")] = 0,
 ) -> None:
-    """Write a random checkpoint in exactly the real layout (its output is noise)."""
-    from dsv4.engine.tiny import write_tiny_checkpoint
+    """Write a random checkpoint in exactly the real layout (its output is noise).
 
-    if out.exists() and any(out.iterdir()):
-        raise _fail(f"{out} exists and is not empty; choose a new folder")
-    path = write_tiny_checkpoint(out, preset.value, seed)
+    The folder appears only when complete: an error or Ctrl-C leaves nothing behind.
+    """
+    from dsv4.cli.render import describe_error, progress_bar
+    from dsv4.engine.tiny import TinyTargetError, write_tiny_checkpoint
+
+    try:
+        with progress_bar(f"writing {out}") as progress:
+            path = write_tiny_checkpoint(out, preset.value, seed, progress=progress)
+    except TinyTargetError as exc:
+        raise _fail(str(exc)) from None
+    except OSError as exc:  # no space, no permission: the partial folder is already gone
+        raise _fail(f"cannot write {out}: {describe_error(exc)}") from None
+    except KeyboardInterrupt:
+        raise _fail(f"interrupted; nothing was left at {out}", 130) from None
     size = sum(p.stat().st_size for p in path.iterdir())
     typer.echo(f"wrote {path} (preset {preset.value}, seed {seed}, {size / 1e6:.1f} MB); "
                "random weights: its output is noise")  # fmt: skip

@@ -1,10 +1,14 @@
-"""Rich rendering of agent events for people (on stderr, so stdout stays machine-readable)."""
+"""Rich rendering for people, on stderr so stdout stays machine-readable: agent events,
+command errors and progress bars."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import typer
 from rich.console import Console
 from rich.syntax import Syntax
 from rich.text import Text
@@ -15,6 +19,47 @@ _STATUS_STYLE = {0: "bold green", 1: "bold red", 2: "bold yellow", 3: "bold yell
 
 def stderr_console(**kwargs: Any) -> Console:
     return Console(stderr=True, highlight=False, **kwargs)
+
+
+def error_exit(command: str, message: str, code: int = 2) -> typer.Exit:
+    """Print `dsv4 COMMAND: message` on stderr and return the exit to raise.
+
+    Commands raise what this returns (`raise error_exit(...) from None`), so a bad input
+    ends with one line naming the thing at fault, never a traceback.
+    """
+    typer.echo(f"dsv4 {command}: {message}", err=True)
+    return typer.Exit(code)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a user: an OSError as 'PATH: reason' (no '[Errno N]'), undecodable
+    bytes as such, anything else as its message."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    if isinstance(exc, UnicodeDecodeError):
+        return f"a file is not UTF-8 text ({exc.reason} at byte {exc.start}); is it corrupt?"
+    return str(exc) or type(exc).__name__
+
+
+@contextmanager
+def progress_bar(description: str, quiet: bool = False) -> Iterator[Callable[[int, int], None]]:
+    """A transient byte-count progress bar on stderr, driven by a `(done, total)` callback."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+               TimeRemainingColumn())  # fmt: skip
+    console = stderr_console()
+    # Only on a terminal: redirected stderr would get a stray line per bar.
+    hidden = quiet or not console.is_terminal
+    with Progress(*columns, console=console, transient=True, disable=hidden) as bar:
+        task = bar.add_task(description, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 class EventRenderer:
@@ -90,6 +135,9 @@ class EventRenderer:
     def _on_result(self, e: dict[str, Any]) -> None:
         self._end_stream_line()
         style = _STATUS_STYLE.get(e["exit_code"], "bold red")
+        if e["status"] == "usage_error":  # nothing ran: the message alone says what to do
+            self.console.print(Text(f"error (exit 2): {e['message']}", style=style))
+            return
         tokens = e["tokens"]
         line = (
             f"{e['status']} (exit {e['exit_code']}): {e['message']} · {e['steps']} steps · "

@@ -18,6 +18,7 @@ from dsv4.kernels.sparse_attn import sparse_attn
 
 from .compressor import Compressor
 from .config import ModelArgs
+from .moe import fp8_linears
 from .numerics import Numerics
 from .rope import Rope, apply_rope
 from .sparse_indexer import Indexer
@@ -84,12 +85,13 @@ class Attention:
         pos = torch.arange(start, start + seq, device=x.device)
         cos, sin = self.rope.tables(pos)
         # -- queries: low-rank q, per-head RMS scaling without weight (in the act dtype), RoPE
-        qr = rms_norm(self.wq_a(x, nx), self.q_norm, a.norm_eps)
+        q_low, kv = fp8_linears(x, (self.wq_a, self.wkv), nx)  # x is quantized once
+        qr = rms_norm(q_low, self.q_norm, a.norm_eps)
         q = self.wq_b(qr, nx).view(seq, a.n_heads, a.head_dim)
         q = q * torch.rsqrt(q.square().mean(-1, keepdim=True) + a.norm_eps)
         q = apply_rope(q, cos, sin)
         # -- this chunk's window keys (= values)
-        kv = rms_norm(self.wkv(x, nx), self.kv_norm, a.norm_eps)
+        kv = rms_norm(kv, self.kv_norm, a.norm_eps)
         kv = self._quant_nope(apply_rope(kv, cos, sin), nx)
         keys, idxs = _window(state, kv, start, a.window_size)
         # -- compressed entries visible to each query

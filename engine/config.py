@@ -338,8 +338,12 @@ def load_config(path: str | Path) -> ModelArgs:
         cfg = json.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: no config.json (is this a DeepSeek-V4 checkpoint?)") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: expected a JSON object")
     return from_hf_config(cfg, source=str(path))

@@ -12,10 +12,12 @@ one costs no engine time and gets a 4xx in OpenAI's error shape; the server keep
 
 from __future__ import annotations
 
+import errno
 import hmac
 import json
 import logging
 import queue
+import socket
 import threading
 import time
 import uuid
@@ -79,6 +81,8 @@ class ServerConfig:
         for name in ("queue_size", "max_new_tokens", "max_model_len", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ServerConfig.{name}={getattr(self, name)}: expected >= 1")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"ServerConfig.port={self.port}: expected 0..65535 (0: any free)")
 
     def limits(self) -> RequestLimits:
         return RequestLimits(self.served_model_name, self.max_new_tokens, self.thinking_default)
@@ -86,6 +90,41 @@ class ServerConfig:
 
 class QueueFull(RuntimeError):
     """The engine queue holds `queue_size` waiting requests already."""
+
+
+class AddressError(OSError):
+    """The server cannot listen on `host:port` (in use, not allowed, unknown host).
+
+    `part` says which half of the address to change: "host" or "port".
+    """
+
+    def __init__(self, message: str, part: Literal["host", "port"]) -> None:
+        super().__init__(message)
+        self.part = part
+
+
+def _address_error(host: str, port: int, exc: OSError) -> AddressError:
+    reasons = {errno.EADDRINUSE: "the port is already in use",
+               errno.EACCES: "permission denied (ports below 1024 need privileges)",
+               errno.EADDRNOTAVAIL: "the address is not one of this machine's"}  # fmt: skip
+    if isinstance(exc, socket.gaierror):
+        reason, part = f"unknown host ({exc.strerror})", "host"
+    else:
+        reason = reasons.get(exc.errno or 0, exc.strerror or str(exc))
+        part = "host" if exc.errno == errno.EADDRNOTAVAIL else "port"
+    return AddressError(f"cannot listen on {host}:{port}: {reason}", part)
+
+
+def check_address(host: str, port: int) -> None:
+    """Bind and release `host:port` as the server will, so that a port in use is reported
+    before a model is loaded. Raises `AddressError`."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # As `http.server` does, so that a port in TIME_WAIT is not a false alarm.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except OSError as exc:
+        raise _address_error(host, port, exc) from exc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,7 +250,10 @@ class ChatServer:
         self.limits = config.limits()
         self.created = int(time.time())
         self.worker = EngineWorker(model, tokenizer, config.queue_size, config.prefix_cache_size)
-        self.httpd = ThreadingHTTPServer((config.host, config.port), _Handler)
+        try:
+            self.httpd = ThreadingHTTPServer((config.host, config.port), _Handler)
+        except OSError as exc:
+            raise _address_error(config.host, config.port, exc) from exc
         self.httpd.daemon_threads = True
         self.httpd.app = self  # type: ignore[attr-defined]
         self._thread: threading.Thread | None = None

@@ -5,7 +5,8 @@ q_I = wq_b(qr) [S, ih, ihd] with RoPE on the last dims; its own ratio-4 compress
 128-dim key per 4 tokens; with quant_sim both go through a Hadamard rotation and the FP4
 round trip (the rotation is orthogonal: it only matters because of the FP4 rounding).
 score[t, j] = Σ_h w[t, h]·relu(q_I[t, h]·k_j) with w = weights_proj(x)·(ihd·ih)^-½, all in
-the act dtype; the top-k entries with j < (t+1)//4 are kept (ties: lower index).
+the act dtype; the top-k entries with j < (t+1)//4 are kept (ties: lower index). Scoring
+and selection run as one tiled call, so memory stays bounded at long context.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dsv4.kernels.indexer import index_scores, index_topk
+from dsv4.kernels.indexer import index_score_topk
 from dsv4.kernels.quant import fp4_act_quant_dequant
 
 from .compressor import Compressor
@@ -78,5 +79,6 @@ class Indexer:
         keys, state.index_compressor = self.compressor(x, start, state.index_compressor, rope)
         state.index_keys.append(self._simulate(keys, nx))
         w = linear_act(x, self.weights_proj) * (self.head_dim**-0.5 * self.n_heads**-0.5)
-        scores = index_scores(q[None], state.index_keys.valid()[None], w[None])
-        return index_topk(scores, pos, 4, self.topk)[0]
+        # Tiled on the torch path: the [S, ih, n] product is never materialized whole.
+        entries = state.index_keys.valid()[None]
+        return index_score_topk(q[None], entries, w[None], pos, 4, self.topk)[0]

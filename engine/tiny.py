@@ -11,13 +11,19 @@ activations stay well conditioned through the layers: most linears ~ N(0, 1/fan_
 expert gate/up weights (so the SwiGLU clamp matters) with small down projections, norm
 weights ~ 1 + N(0, 0.1^2). Each tensor has its own generator seeded from (seed, name), so a
 checkpoint is a pure function of (preset, seed) and is written one tensor at a time.
+
+The folder appears complete or not at all: the files are written into a hidden sibling folder
+that is renamed into place at the end, and removed if anything fails (Ctrl-C included).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import struct
+import uuid
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -26,10 +32,18 @@ from typing import Any, Literal
 import torch
 
 from dsv4.engine.config import ModelArgs, from_hf_config
+from dsv4.engine.errors import EngineError
 from dsv4.engine.inventory import ST_DTYPE_NAMES, TensorSpec, expected_tensors
 from dsv4.kernels.formats import quantize_fp4_weight, quantize_fp8_weight
 
 Preset = Literal["small", "medium"]
+# Called after each tensor is written: (bytes written so far, bytes in all shards).
+Progress = Callable[[int, int], None]
+
+
+class TinyTargetError(EngineError, ValueError):
+    """The output folder for a tiny checkpoint cannot be used (a file, or not empty)."""
+
 
 # The golden tiny checkpoint's dimensions (vocab, RoPE and quantization settings are real).
 _SMALL: dict[str, Any] = {
@@ -174,7 +188,8 @@ def _shard_plan(specs: dict[str, TensorSpec], n_shards: int) -> list[list[str]]:
 
 
 def _write_shard(path: Path, names: list[str], specs: dict[str, TensorSpec],
-                 make: Callable[[str], torch.Tensor]) -> None:  # fmt: skip
+                 make: Callable[[str], torch.Tensor],
+                 on_written: Callable[[int], None]) -> None:  # fmt: skip
     """Write one safetensors file, generating each tensor only when its bytes are due."""
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
@@ -193,14 +208,60 @@ def _write_shard(path: Path, names: list[str], specs: dict[str, TensorSpec],
             if tuple(t.shape) != specs[name].shape or t.dtype != specs[name].dtype:
                 raise AssertionError(f"tiny: {name} came out {t.dtype} {list(t.shape)}")
             f.write(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            on_written(specs[name].nbytes)
 
 
-def write_tiny_checkpoint(out_dir: str | Path, preset: Preset = "small", seed: int = 0) -> Path:
-    """Write a random checkpoint of `preset` into `out_dir` (created) and return the folder."""
+def write_tiny_checkpoint(
+    out_dir: str | Path, preset: Preset = "small", seed: int = 0, progress: Progress | None = None
+) -> Path:
+    """Write a random checkpoint of `preset` into `out_dir` and return the folder.
+
+    `out_dir` must not exist or be an empty folder (`TinyTargetError` otherwise); its parents
+    are created. Nothing is left at `out_dir` when writing fails or is interrupted.
+    """
+    out = Path(out_dir)
+    _check_target(out)
+    hf_config(preset)  # an unknown preset fails before anything is created
+    if out.is_dir():  # empty (checked); perhaps the working directory: fill it in place
+        partial = out / f".partial-{uuid.uuid4().hex[:8]}"
+    else:  # a sibling, so the final rename stays on one file system (and is atomic)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    partial.mkdir()
+    try:
+        _write_files(partial, preset, seed, progress)
+        _move_into_place(partial, out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return out
+
+
+def _move_into_place(partial: Path, out: Path) -> None:
+    if partial.parent != out:
+        os.replace(partial, out)
+        return
+    # Into an existing folder file by file, `config.json` last: until every shard is in
+    # place the folder does not look like a checkpoint.
+    for file in sorted(partial.iterdir(), key=lambda f: (f.name == "config.json", f.name)):
+        os.replace(file, out / file.name)
+    partial.rmdir()
+
+
+def _check_target(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise TinyTargetError(f"{out} is a file; give a new folder for the checkpoint")
+    if out.is_dir() and any(out.iterdir()):
+        raise TinyTargetError(f"{out} exists and is not empty; choose a new folder")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise TinyTargetError(f"{out}: {parent} is a file, not a folder")
+
+
+def _write_files(out: Path, preset: Preset, seed: int, progress: Progress | None) -> None:
+    """Shards, index, config and generation config of one checkpoint, into `out`."""
     cfg = hf_config(preset)
     args = preset_args(preset)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     specs = expected_tensors(args)
     pending: dict[str, torch.Tensor] = {}  # a weight's scale, made together with it
 
@@ -210,15 +271,22 @@ def write_tiny_checkpoint(out_dir: str | Path, preset: Preset = "small", seed: i
             pending.update(_tensor_pairs(base, specs[base], args, seed))
         return pending.pop(name)
 
+    total = sum(s.nbytes for s in specs.values())
+    done = 0
+
+    def written(nbytes: int) -> None:
+        nonlocal done
+        done += nbytes
+        if progress is not None:
+            progress(done, total)
+
     plan = _shard_plan(specs, _SHARDS[preset])
     weight_map: dict[str, str] = {}
     for i, names in enumerate(plan, 1):
         file = f"model-{i:05d}-of-{len(plan):05d}.safetensors"
-        _write_shard(out / file, names, specs, make)
+        _write_shard(out / file, names, specs, make, written)
         weight_map.update(dict.fromkeys(names, file))
-    total = sum(s.nbytes for s in specs.values())
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     (out / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2) + "\n")
-    return out

@@ -64,7 +64,9 @@ def _dense(q, kv, attn_sink, topk_idxs, scale: float, chunk_bytes: int = 1 << 26
     for lo in range(0, m, step):
         qs = q[:, lo : lo + step].float()
         scores = torch.einsum("bmhd,bnd->bmhn", qs, kvf) * scale
-        o = _softmax_pv(scores, counts[:, lo : lo + step], kv, attn_sink, q.dtype, "bmhn,bnd->bmhd")
+        # kvf, not kv: `rows.float()` is then a no-op, not a second upcast per chunk
+        cnt = counts[:, lo : lo + step]
+        o = _softmax_pv(scores, cnt, kvf, attn_sink, q.dtype, "bmhn,bnd->bmhd")
         out[:, lo : lo + step] = o.to(q.dtype)
     return out
 

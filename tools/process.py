@@ -61,6 +61,10 @@ def run_command(argv: list[str], cwd: Path, timeout: float, grace_s: float = 0.0
         except subprocess.TimeoutExpired:
             timed_out = True
             _terminate(proc, grace_s)
+        except BaseException:  # Ctrl-C or SIGTERM: the command's whole group goes too
+            kill_group(proc.pid)
+            proc.wait()
+            raise
         # Also after a normal exit: background jobs the command left behind end with it.
         kill_group(proc.pid)
         proc.wait()
