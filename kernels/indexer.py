@@ -187,9 +187,9 @@ def index_topk(scores, q_pos, ratio: int, topk: int) -> torch.Tensor:
 
 def index_score_topk(q, k, weights, q_pos, ratio: int, topk: int) -> torch.Tensor:
     """Scores and selection in one call (the engine's entry point). The torch path tiles;
-    the Triton path runs the two Triton kernels in turn."""
+    the Triton path is one fused kernel that never writes the [M, N] scores to memory."""
     if use_triton(q, k, weights, q_pos):
-        from .indexer_triton import index_scores_triton, index_topk_triton
+        from .indexer_triton import index_score_topk_triton
 
-        return index_topk_triton(index_scores_triton(q, k, weights), q_pos, ratio, topk)
+        return index_score_topk_triton(q, k, weights, q_pos, ratio, topk)
     return index_score_topk_ref(q, k, weights, q_pos, ratio, topk)

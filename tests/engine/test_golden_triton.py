@@ -55,7 +55,10 @@ FAMILIES = {
                                "fp4_act_quant_dequant_triton")),
     "gemm": ("gemm_triton", ("fp8_gemm_triton",)),
     "moe": ("moe_triton", ("moe_triton",)),
-    "indexer": ("indexer_triton", ("index_scores_triton", "index_topk_triton")),
+    "indexer": (
+        "indexer_triton",
+        ("index_scores_triton", "index_topk_triton", "index_score_topk_triton"),
+    ),
     "sparse_attn": ("sparse_attn_triton", ("sparse_attn_triton",)),
     "mhc": ("mhc_triton", ("hc_pre_triton", "hc_post_triton")),
 }  # fmt: skip
@@ -177,7 +180,7 @@ def test_forced_triton_chunk_crosses_hca_and_topk_nosim(golden, models, kernel_c
     rows = [session.prefill(tokens[lo:hi]).cpu()]
     rows += [session.decode(int(t)).cpu()[None] for t in tokens[hi : hi + 2]]
     _assert_families_ran(kernel_calls, NOSIM_FAMILIES)
-    assert kernel_calls["index_topk_triton"] >= 3  # the chunk and both decode steps
+    assert kernel_calls["index_score_topk_triton"] >= 3  # the chunk and both decode steps
     _check_golden(torch.cat(rows), golden, "nosim", slice(lo, hi + 2))
 
 
