@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from dsv4.kernels.mhc import hc_post_ref, hc_pre_ref, hc_split_sinkhorn_ref
@@ -74,3 +75,18 @@ def test_hc_pre_and_post():
         )
         torch.testing.assert_close(new[..., k, :], want, rtol=1e-5, atol=1e-6)
     assert hc_post_ref(out.bfloat16(), h.bfloat16(), post, comb).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("hc", [2, 3, 4])
+def test_sinkhorn_numpy_and_torch_paths_are_bit_identical(hc: int) -> None:
+    """Small batches (decode) run the rounds in numpy, large ones in torch: same bits."""
+    from dsv4.kernels import mhc
+
+    torch.manual_seed(hc)
+    comb = torch.rand(3, hc, hc, dtype=torch.float32).softmax(-1) + 1e-6
+    small = mhc._sinkhorn_rounds(comb.clone(), 19, 1e-6)  # 3 rows: the numpy path
+    tiled = comb.repeat(8, 1, 1)  # 24 rows: past the numpy limit, the torch path
+    assert tiled[..., 0, 0].numel() > mhc._NUMPY_MAX_ROWS
+    large = mhc._sinkhorn_rounds(tiled.clone(), 19, 1e-6)
+    for i in range(large.shape[0]):
+        assert torch.equal(large[i], small[i % 3])
