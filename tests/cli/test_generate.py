@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -158,3 +159,23 @@ def test_module_import_does_not_load_torch():
     code = "import sys, dsv4.cli.generate; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+GOLDEN_CKPT = Path(__file__).resolve().parents[1] / "data/golden/checkpoint"
+
+
+def test_generate_end_to_end_on_a_tiny_checkpoint_is_reproducible() -> None:
+    """The real engine on the golden tiny checkpoint (noise weights): seeded runs agree."""
+    args = ["generate", "Say hi.", "--model", str(GOLDEN_CKPT), "--max-new-tokens", "4",
+            "--temperature", "1.0", "--seed", "7", "--json"]  # fmt: skip
+    runs = [CliRunner().invoke(app, args) for _ in range(2)]
+    for run in runs:
+        assert run.exit_code == 0, run.output
+    events = [[json.loads(line) for line in r.stdout.splitlines() if line.strip()] for r in runs]
+    done = [e[-1] for e in events]
+    assert [d["event"] for d in done] == ["done", "done"]
+    assert done[0]["generated_tokens"] == 4 and done[0]["finish_reason"] == "length"
+    assert done[0]["prompt_tokens"] > 0
+    assert done[0]["reasoning"] + done[0]["content"] == done[1]["reasoning"] + done[1]["content"]
+    deltas = "".join(e.get("text", "") for e in events[0][:-1])
+    assert deltas == done[0]["reasoning"] + done[0]["content"]
