@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from dsv4.kernels.gemm import fp8_gemm
+from dsv4.kernels.gemm import fp8_gemm_kept
 from dsv4.kernels.moe import moe
 from dsv4.kernels.quant import act_quant
 
@@ -34,7 +34,10 @@ def fp8_linears(
         return [lin(x, nx) for lin in linears]
     lead, x2 = x.shape[:-1], x.reshape(-1, x.shape[-1])
     q, s = act_quant(x2, 128)
-    return [fp8_gemm(q, s, lin.weight, lin.scale, x.dtype).view(*lead, -1) for lin in linears]
+    return [
+        fp8_gemm_kept(q, s, lin.weight, lin.scale, lin.scale_fp32, x.dtype).view(*lead, -1)
+        for lin in linears
+    ]
 
 
 @dataclass

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 
 from dsv4.kernels.gemm import (
     bf16_matmul_fp32,
+    block_scales_fp32,
     dequantize_fp8,
-    fp8_gemm,
+    fp8_gemm_kept,
     fp8_matmul,
     slab_matmul,
 )
@@ -29,10 +30,20 @@ Getter = Callable[[str], torch.Tensor]  # tensor name -> stored tensor on the ta
 
 @dataclass
 class FP8Linear:
-    """`y = x·Wᵀ` for an FP8 weight [out, in] with e8m0 block scales [⌈out/128⌉, ⌈in/128⌉]."""
+    """`y = x·Wᵀ` for an FP8 weight [out, in] with e8m0 block scales [⌈out/128⌉, ⌈in/128⌉].
+
+    `scale_fp32` holds the same scales decoded once at load: the torch GEMMs would otherwise
+    decode them on every call (dozens of calls per token), and they are 1/4096 of the weight's
+    size. The e8m0 bytes stay for the Triton kernels.
+    """
 
     weight: torch.Tensor
     scale: torch.Tensor
+    scale_fp32: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.scale_fp32 is None:
+            self.scale_fp32 = block_scales_fp32(self.scale)
 
     @classmethod
     def load(cls, get: Getter, prefix: str) -> FP8Linear:
@@ -40,7 +51,7 @@ class FP8Linear:
 
     def dequantized(self) -> torch.Tensor:
         """Exact fp32 [out, in]."""
-        return dequantize_fp8(self.weight, self.scale)
+        return dequantize_fp8(self.weight, self.scale_fp32)
 
     def __call__(self, x: torch.Tensor, nx: Numerics) -> torch.Tensor:
         """x act [..., in] -> act [..., out]. With quant_sim: REF's FP8 act-quant + FP8 GEMM."""
@@ -48,10 +59,11 @@ class FP8Linear:
         x2 = x.reshape(-1, x.shape[-1])
         if nx.quant_sim:
             q, s = act_quant(x2, 128)
-            y = fp8_gemm(q, s, self.weight, self.scale, x.dtype)
+            y = fp8_gemm_kept(q, s, self.weight, self.scale, self.scale_fp32, x.dtype)
         else:
             exact = x.dtype == torch.bfloat16
-            y = fp8_matmul(x2.float(), self.weight, self.scale, bf16_exact=exact).to(x.dtype)
+            y = fp8_matmul(x2.float(), self.weight, self.scale_fp32, bf16_exact=exact)
+            y = y.to(x.dtype)
         return y.view(*lead, -1)
 
 

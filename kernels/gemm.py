@@ -21,6 +21,10 @@ from .formats import FP4_BLOCK, FP8_BLOCK, dequantize_fp8_weight, e2m1_decode, e
 _ACT_BLOCK = 128  # activation scales: one per 128 inputs
 _SLAB_BYTES = 1 << 21  # fp32 slab size: cache-resident, few Python steps per weight
 _WIDE_SLAB_BYTES = 1 << 23  # with many rows the GEMM itself dominates: fewer, larger calls
+# bf16 -> fp32 head slabs for a few rows: the upcast dominates, and it runs fastest when the
+# fp32 slab and its bf16 source both stay in L2 (1-row 129280 x 512 head, one thread:
+# 1 MiB ~28 ms, 2 MiB ~34 ms, 16 MiB ~37 ms; fewer, larger slabs are slower, not faster).
+_HEAD_SLAB_BYTES = 1 << 20
 # From this many rows on, a GEMM with bf16 products beats the fp32 one (measured on AMX and
 # AVX512-BF16 CPUs); below it the weight conversion dominates and fp32 is as fast.
 BF16_MIN_ROWS = 16
@@ -57,6 +61,15 @@ def _e2m1_pair_table(device: torch.device) -> torch.Tensor:
     return pairs.half().view(torch.int32).reshape(256).to(device)
 
 
+def block_scales_fp32(b_s: torch.Tensor) -> torch.Tensor:
+    """Weight block scales as fp32: e8m0 bytes decoded, fp32 (already decoded) as they are.
+
+    The torch references take either, so a caller that keeps the decoded scales from load
+    skips the decode (a handful of ops) on every call; the values are the same.
+    """
+    return b_s if b_s.dtype == torch.float32 else e8m0_to_fp32(b_s)
+
+
 def dequantize_fp8(b: torch.Tensor, b_s: torch.Tensor) -> torch.Tensor:
     """FP8 weight [N, K] with e8m0 [⌈N/128⌉, ⌈K/128⌉] block scales -> exact fp32 [N, K]
     (the values of `formats.dequantize_fp8_weight`, computed faster)."""
@@ -67,15 +80,24 @@ def fp8_rows(b: torch.Tensor, b_s: torch.Tensor, lo: int, hi: int) -> torch.Tens
     """Rows lo:hi of an FP8 weight [N, K] (lo a multiple of 128), dequantized exactly to fp32."""
     k, n = b.shape[1], hi - lo
     if k % FP8_BLOCK or lo % FP8_BLOCK:
-        return dequantize_fp8_weight(b, b_s)[lo:hi]
+        return _fp8_rows_any(b, b_s)[lo:hi]
     blocks = -(-n // FP8_BLOCK)
-    scale = e8m0_to_fp32(b_s[lo // FP8_BLOCK : lo // FP8_BLOCK + blocks]) * _E4M3_AS_F16
+    scale = block_scales_fp32(b_s[lo // FP8_BLOCK : lo // FP8_BLOCK + blocks]) * _E4M3_AS_F16
     vals = _e4m3_to_fp32(b[lo:hi])
     if n % FP8_BLOCK:  # a ragged last block: expand its scales row by row
         rows = torch.arange(n, device=b.device) // FP8_BLOCK
         return (vals.view(n, -1, FP8_BLOCK) * scale[rows].unsqueeze(-1)).view(n, k)
     vals = vals.view(blocks, FP8_BLOCK, k // FP8_BLOCK, FP8_BLOCK)
     return (vals * scale[:, None, :, None]).view(n, k)
+
+
+def _fp8_rows_any(b: torch.Tensor, b_s: torch.Tensor) -> torch.Tensor:
+    """Any FP8 weight shape (ragged K): the plain dequantization, with e8m0 or fp32 scales."""
+    if b_s.dtype != torch.float32:
+        return dequantize_fp8_weight(b, b_s)
+    n, k = b.shape
+    scale = b_s.repeat_interleave(FP8_BLOCK, 0)[:n].repeat_interleave(FP8_BLOCK, 1)[:, :k]
+    return b.float() * scale
 
 
 def fp8_matmul(a: torch.Tensor, b: torch.Tensor, b_s: torch.Tensor, bf16_exact: bool = False):
@@ -90,7 +112,7 @@ def fp8_matmul(a: torch.Tensor, b: torch.Tensor, b_s: torch.Tensor, bf16_exact: 
     if m >= BF16_MIN_ROWS or n % FP8_BLOCK or k % FP8_BLOCK:
         return slab_matmul(a, n, lambda lo, hi: fp8_rows(b, b_s, lo, hi), bf16_exact=bf16_exact)
     nb, kb = n // FP8_BLOCK, k // FP8_BLOCK
-    s = e8m0_to_fp32(b_s).mul_(_E4M3_AS_F16)  # [nb, kb]
+    s = block_scales_fp32(b_s) * _E4M3_AS_F16  # [nb, kb]; never in place: b_s may be kept
     xs = (a.view(1, m, kb, FP8_BLOCK) * s.view(nb, 1, kb, 1)).view(nb, m, k)
     w = _e4m3_to_fp32(b).view(nb, FP8_BLOCK, k)
     return torch.bmm(xs, w.transpose(1, 2)).transpose(0, 1).reshape(m, n)
@@ -101,7 +123,7 @@ def dequantize_fp4(b: torch.Tensor, b_s: torch.Tensor) -> torch.Tensor:
     -> exact fp32 [..., N, K]."""
     k = 2 * b.shape[-1]
     vals = _e2m1_to_fp32(b).view(*b.shape[:-1], k // FP4_BLOCK, FP4_BLOCK)
-    return vals.mul_(e8m0_to_fp32(b_s).unsqueeze(-1)).view(*b.shape[:-1], k)
+    return vals.mul_(block_scales_fp32(b_s).unsqueeze(-1)).view(*b.shape[:-1], k)
 
 
 @contextmanager
@@ -163,7 +185,7 @@ def bf16_matmul_fp32(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """
     m, k = x.shape
     n, wide = w.shape[0], m >= BF16_MIN_ROWS
-    step = min(n, max(1, (_WIDE_SLAB_BYTES if wide else _SLAB_BYTES) // (4 * k)))
+    step = min(n, max(1, (_WIDE_SLAB_BYTES if wide else _HEAD_SLAB_BYTES) // (4 * k)))
     xf, buf = x.float(), x.new_empty(step, k, dtype=torch.float32)
     out = x.new_empty(m, n, dtype=torch.float32)
     with bf16_products(wide):
@@ -191,7 +213,9 @@ def fp8_gemm_ref(
     b_s: torch.Tensor,
     out_dtype: torch.dtype = torch.bfloat16,
 ) -> torch.Tensor:
-    """a e4m3 [M,K], a_s fp32 [M,K//128], b e4m3 [N,K], b_s e8m0 [ceil(N/128), K//128] -> [M,N]."""
+    """a e4m3 [M,K], a_s fp32 [M,K//128], b e4m3 [N,K], b_s e8m0 [ceil(N/128), K//128] -> [M,N].
+
+    b_s may also be the scales already decoded to fp32 (`block_scales_fp32`)."""
     n, k = b.shape
     want = (-(-n // FP8_BLOCK), -(-k // FP8_BLOCK))
     if tuple(b_s.shape) != want:
@@ -224,6 +248,23 @@ def fp8_gemm(a, a_s, b, b_s, out_dtype: torch.dtype = torch.bfloat16) -> torch.T
 
         return fp8_gemm_triton(a, a_s, b, b_s, out_dtype)
     return fp8_gemm_ref(a, a_s, b, b_s, out_dtype)
+
+
+def fp8_gemm_kept(
+    a: torch.Tensor,
+    a_s: torch.Tensor,
+    b: torch.Tensor,
+    b_s: torch.Tensor,
+    b_s_fp32: torch.Tensor,
+    out_dtype: torch.dtype = torch.bfloat16,
+) -> torch.Tensor:
+    """`fp8_gemm` for a weight whose scales were also decoded at load (`b_s_fp32`): the Triton
+    kernel reads the e8m0 bytes, the torch reference the fp32 copy (no decode per call)."""
+    if use_triton(a, a_s, b, b_s):
+        from .gemm_triton import fp8_gemm_triton
+
+        return fp8_gemm_triton(a, a_s, b, b_s, out_dtype)
+    return fp8_gemm_ref(a, a_s, b, b_s_fp32, out_dtype)
 
 
 def fp4_gemm(a, a_s, b, b_s, out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:

@@ -10,7 +10,18 @@ from dsv4.kernels.formats import (
     quantize_fp8_weight,
     unpack_fp4,
 )
-from dsv4.kernels.gemm import bf16_matmul_fp32, bf16_products, fp4_gemm_ref, fp8_gemm_ref
+from dsv4.kernels.gemm import (
+    bf16_matmul_fp32,
+    bf16_products,
+    block_scales_fp32,
+    dequantize_fp4,
+    dequantize_fp8,
+    fp4_gemm_ref,
+    fp8_gemm,
+    fp8_gemm_kept,
+    fp8_gemm_ref,
+    fp8_matmul,
+)
 from dsv4.kernels.quant import act_quant_ref
 
 
@@ -40,6 +51,38 @@ def test_fp8_gemm_matches_blockwise_definition(m, n):
     assert fp8_gemm_ref(a, a_s, b, b_s).dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("m, n, k", [(1, 256, 384), (5, 200, 384), (40, 256, 384), (2, 130, 384)])
+def test_fp8_scales_decoded_at_load_give_identical_results(m, n, k):
+    x, w = _operands(m, n, k, seed=5)
+    a, a_s = act_quant_ref(x)
+    b, b_s = quantize_fp8_weight(w)
+    s32 = block_scales_fp32(b_s)
+    assert s32.dtype == torch.float32 and torch.equal(s32, e8m0_to_fp32(b_s))
+    assert block_scales_fp32(s32) is s32
+    want = fp8_gemm_ref(a, a_s, b, b_s, torch.float32)
+    assert torch.equal(fp8_gemm_ref(a, a_s, b, s32, torch.float32), want)
+    assert torch.equal(
+        fp8_gemm_kept(a, a_s, b, b_s, s32, torch.float32), fp8_gemm(a, a_s, b, b_s, torch.float32)
+    )
+    assert torch.equal(fp8_matmul(x, b, s32), fp8_matmul(x, b, b_s))
+    assert torch.equal(dequantize_fp8(b, s32), dequantize_fp8(b, b_s))
+    assert torch.equal(s32, e8m0_to_fp32(b_s))  # the kept scales are never scaled in place
+
+
+def test_fp8_ragged_k_with_fp32_scales():
+    x, w = _operands(2, 130, 320, seed=7)  # ragged K blocks: the plain dequantization path
+    b, b_s = quantize_fp8_weight(w)
+    s32 = block_scales_fp32(b_s)
+    assert torch.equal(dequantize_fp8(b, s32), dequantize_fp8(b, b_s))
+    assert torch.equal(fp8_matmul(x, b, s32), fp8_matmul(x, b, b_s))
+
+
+def test_fp4_scales_may_be_fp32():
+    _, w = _operands(1, 64, 128, seed=6)
+    b, b_s = quantize_fp4_weight(w)
+    assert torch.equal(dequantize_fp4(b, block_scales_fp32(b_s)), dequantize_fp4(b, b_s))
+
+
 @pytest.mark.parametrize("m", [3, 40])
 def test_fp4_gemm_matches_blockwise_definition(m):
     x, w = _operands(m, 64, 256, seed=1)
@@ -58,7 +101,7 @@ def test_fp4_gemm_matches_blockwise_definition(m):
 
 @pytest.mark.parametrize("m", [1, 7, 33])
 def test_bf16_matmul_fp32_is_the_fp32_gemm_of_bf16_operands(m, monkeypatch):
-    monkeypatch.setattr("dsv4.kernels.gemm._SLAB_BYTES", 4 * 96 * 16)  # several slabs
+    monkeypatch.setattr("dsv4.kernels.gemm._HEAD_SLAB_BYTES", 4 * 96 * 16)  # several slabs
     monkeypatch.setattr("dsv4.kernels.gemm._WIDE_SLAB_BYTES", 4 * 96 * 40)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(m, 96, generator=g).bfloat16()
