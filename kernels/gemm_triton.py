@@ -43,6 +43,15 @@ def gemm_tiles(m: int) -> tuple[int, int, int]:
 
 
 @triton.jit
+def _store_tile(c_ptr, acc, rm, rn, m_ok, n_ok, N, OUT_BF16: tl.constexpr):
+    """Write an fp32 accumulator tile to C [M, N] (rounded to bf16 first for bf16 output)."""
+    if OUT_BF16:
+        acc = round_bf16(acc)
+    c = c_ptr + rm.to(tl.int64)[:, None] * N + rn[None, :]
+    tl.store(c, acc.to(c_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
 def _fp8_gemm_kernel(
     a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, M, N, K,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, OUT_BF16: tl.constexpr,
@@ -64,10 +73,7 @@ def _fp8_gemm_kernel(
         sa = tl.load(as_ptr + rm * n_kb + kb, mask=m_ok, other=0.0)
         sb = e8m0_to_fp32(tl.load(bs_ptr + (rn // 128) * n_kb + kb, mask=n_ok, other=0))
         acc += blk * sa[:, None] * sb[None, :]
-    if OUT_BF16:
-        acc = round_bf16(acc)
-    c = c_ptr + rm.to(tl.int64)[:, None] * N + rn[None, :]
-    tl.store(c, acc.to(c_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    _store_tile(c_ptr, acc, rm, rn, m_ok, n_ok, N, OUT_BF16)
 
 
 def fp8_gemm_triton(
@@ -162,10 +168,7 @@ def _fp4_gemm_kernel(
     m_ok, n_ok = rm < M, rn < N
     acc = fp4_gemm_tile(a_ptr, as_ptr, rm, m_ok, b_ptr, bs_ptr, rn, n_ok, K,
                         BLOCK_M, BLOCK_N, True)  # fmt: skip
-    if OUT_BF16:
-        acc = round_bf16(acc)
-    c = c_ptr + rm.to(tl.int64)[:, None] * N + rn[None, :]
-    tl.store(c, acc.to(c_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    _store_tile(c_ptr, acc, rm, rn, m_ok, n_ok, N, OUT_BF16)
 
 
 def fp4_gemm_triton(

@@ -266,6 +266,16 @@ def _merge_splits(cand, q_pos, out, n: int, ratio: int, plan: _Scan) -> None:
         )  # fmt: skip
 
 
+def _selection_buffers(b: int, m: int, n: int, topk: int, device, splits: int | None):
+    """The int32 output [B,M,min(topk,N)], the launch plan and its candidate buffer
+    (plan and candidates are None when the output is empty)."""
+    out = torch.empty((b, m, min(topk, n)), dtype=torch.int32, device=device)
+    if out.numel() == 0:
+        return out, None, None
+    plan = _plan(out.shape[2], n, triton.cdiv(m, _BLOCK_M) * b, device, splits)
+    return out, plan, _candidates(out, plan)
+
+
 def index_topk_triton(
     scores: torch.Tensor, q_pos: torch.Tensor, ratio: int, topk: int, splits: int | None = None
 ) -> torch.Tensor:
@@ -276,11 +286,10 @@ def index_topk_triton(
     b, m, n = scores.shape
     _check_selection(q_pos, m, ratio, topk)
     check_same_device(scores=scores, q_pos=q_pos)
-    out = torch.empty((b, m, min(topk, n)), dtype=torch.int32, device=scores.device)
+    out, plan, cand = _selection_buffers(b, m, n, topk, scores.device, splits)
     if out.numel() == 0:
         return out
-    plan = _plan(out.shape[2], n, triton.cdiv(m, _BLOCK_M) * b, out.device, splits)
-    cand, pos = _candidates(out, plan), q_pos.contiguous()
+    pos = q_pos.contiguous()
     _index_topk_kernel[(triton.cdiv(m, _BLOCK_M), b, plan.splits)](
         scores.contiguous(), pos, out, cand, m, n, ratio, out.shape[2], plan.splits,
         plan.split_len, plan.kp, _BLOCK_M, plan.splits > 1, num_warps=plan.warps,
@@ -305,11 +314,10 @@ def index_score_topk_triton(
     n = k.shape[1]
     _check_selection(q_pos, m, ratio, topk)
     check_same_device(q=q, q_pos=q_pos)
-    out = torch.empty((b, m, min(topk, n)), dtype=torch.int32, device=q.device)
+    out, plan, cand = _selection_buffers(b, m, n, topk, q.device, splits)
     if out.numel() == 0:
         return out
-    plan = _plan(out.shape[2], n, triton.cdiv(m, _BLOCK_M) * b, out.device, splits)
-    cand, pos = _candidates(out, plan), q_pos.contiguous()
+    pos = q_pos.contiguous()
     _index_score_topk_kernel[(triton.cdiv(m, _BLOCK_M), b, plan.splits)](
         q.contiguous(), k.contiguous(), weights.contiguous(), pos, out, cand,
         m, n, h, ratio, out.shape[2], plan.splits, plan.split_len,
