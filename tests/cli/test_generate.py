@@ -19,7 +19,11 @@ REPLY = "Let me think.</think>Hi there! 💡"
 
 
 class FakeSession:
-    """Makes the scripted reply the argmax, token by token, then EOS."""
+    """Makes the scripted reply certain under any sampling settings, token by token, then EOS.
+
+    Every other token gets a logit so low that its probability is exactly zero in fp32, so a
+    test that samples (the CLI's default temperature) cannot draw a stray token.
+    """
 
     def __init__(self, model: FakeModel) -> None:
         self.model = model
@@ -28,8 +32,8 @@ class FakeSession:
     def _logits(self) -> torch.Tensor:
         script = self.model.script
         target = script[self.step] if self.step < len(script) else EOS_ID
-        logits = torch.zeros(VOCAB_SIZE)
-        logits[target] = 20.0
+        logits = torch.full((VOCAB_SIZE,), -1.0e4)
+        logits[target] = 0.0
         return logits
 
     def prefill(self, ids: list[int]) -> torch.Tensor:
