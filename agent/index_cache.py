@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .secrets import Finding
-from .tags import Definition, FileTags
+from .tags import FileTags
 
 # Bump when FileRecord or the way its fields are computed changes: old caches are ignored.
 CACHE_VERSION = 3
@@ -115,9 +115,7 @@ _FORMAT = f"{CACHE_VERSION}-py{sys.version_info[0]}.{sys.version_info[1]}"
 
 
 def _encode(r: FileRecord) -> tuple:
-    tags = None
-    if r.tags is not None:
-        tags = (r.tags.language, tuple(map(tuple, r.tags.definitions)), r.tags.references)
+    tags = None if r.tags is None else r.tags.to_plain()
     findings = tuple((f.path, f.kind, f.action, f.line) for f in r.findings)
     return (
         *(r.path, r.blob, r.stat, r.excluded, r.text, r.full_tokens, r.full_floor),
@@ -129,7 +127,7 @@ def _decode(t: tuple) -> FileRecord:
     path, blob, stat, excluded, text, full, full_floor, outline, outline_tokens = t[:9]
     outline_floor, tags, findings = t[9:]
     if tags is not None:
-        tags = FileTags(tags[0], tuple(map(Definition._make, tags[1])), tags[2])
+        tags = FileTags.from_plain(tags)
     return FileRecord(
         *(path, blob, stat, excluded, text, full, full_floor, outline, outline_tokens),
         outline_floor,

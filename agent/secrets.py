@@ -84,10 +84,13 @@ _TEXT_RULES: tuple[_Rule, ...] = (
 # or a secret-like name: one fast scan for a large file with none. Every branch starts with
 # a literal character, which lets `re` skip ahead by first character (3x faster than with
 # a leading character set such as `[sr]k_live_`).
+# Words (lower case) that mark a line worth the line rules: passw, pwd, secret, token,
+# api/access/private key, credential, auth, the AWS key prefixes, GitHub, GitLab, Slack,
+# Google and Stripe token prefixes. Branches grouped by first letter: ~2x faster in `re`.
 _LINE_HINT = re.compile(
-    r"passw|pwd|secret|token|api[_\-]?key|access[_\-]?key|private[_\-]?key|credential|auth"
-    r"|akia|asia|agpa|aida|aroa|gh[pousr]_|github_pat_|glpat-|xox[abposr]-|aiza|sk_live_"
-    r"|rk_live_|sk-"
+    r"p(?:assw|wd|rivate[_\-]?key)|s(?:ecret|k_live_|k-)|token|credential|rk_live_"
+    r"|a(?:pi[_\-]?key|ccess[_\-]?key|uth|kia|sia|gpa|ida|roa|iza)"
+    r"|g(?:h[pousr]_|ithub_pat_|lpat-)|xox[abposr]-"
 )
 _LINE_RULES: tuple[_Rule, ...] = (
     _Rule(
@@ -198,17 +201,8 @@ def find_secrets(text: str) -> list[tuple[int, int, str]]:
 
 def _line_rule_spans(text: str) -> list[tuple[int, int, str]]:
     spans = []
-    seen_lines: set[int] = set()
-    lowered = text.lower()
-    hints = _LINE_HINT.finditer(lowered)
-    if len(lowered) != len(text):  # a letter whose lower case is longer shifts the offsets
-        hints = re.finditer(_LINE_HINT.pattern, text, re.IGNORECASE)
-    for hint in hints:
-        start = text.rfind("\n", 0, hint.start()) + 1
-        if start in seen_lines:
-            continue
-        seen_lines.add(start)
-        end = text.find("\n", hint.end())
+    for start in _hinted_lines(text):
+        end = text.find("\n", start)
         line = text[start : end if end >= 0 else len(text)]
         for rule in _LINE_RULES:
             for m in rule.pattern.finditer(line):
@@ -217,6 +211,15 @@ def _line_rule_spans(text: str) -> list[tuple[int, int, str]]:
                         (start + m.start(rule.group), start + m.end(rule.group), rule.kind)
                     )
     return spans
+
+
+def _hinted_lines(text: str) -> list[int]:
+    """Start offsets of the lines holding a hint word (any case), in order."""
+    lowered = text.lower()
+    hints = _LINE_HINT.finditer(lowered)
+    if len(lowered) != len(text):  # a letter whose lower case is longer shifts the offsets
+        hints = re.finditer(_LINE_HINT.pattern, text, re.IGNORECASE)
+    return sorted({text.rfind("\n", 0, m.start()) + 1 for m in hints})
 
 
 def redact(path: str, text: str) -> tuple[str, list[Finding]]:

@@ -196,6 +196,15 @@ class FileTags:
     references: tuple[tuple[str, int], ...]
     """(name, occurrences), sorted by name."""
 
+    def to_plain(self) -> tuple:
+        """Plain tuples only (what `marshal` stores); `from_plain` rebuilds the tags."""
+        return (self.language, tuple(map(tuple, self.definitions)), self.references)
+
+    @classmethod
+    def from_plain(cls, plain: tuple) -> FileTags:
+        language, definitions, references = plain
+        return cls(language, tuple(map(Definition._make, definitions)), references)
+
 
 def language_for(path: str) -> str | None:
     """Grammar name for `path` by its extension, or None (plain text)."""

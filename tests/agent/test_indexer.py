@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dsv4.agent import indexer
+from dsv4.agent import index_cache, indexer
 from dsv4.agent.fileset import FileSetConfig
 from dsv4.agent.index_cache import CacheError
 from dsv4.agent.indexer import DEFAULT_BUDGET, MODEL_CONTEXT, IndexConfig, build_index
@@ -323,3 +323,26 @@ def test_a_cold_run_counts_in_a_background_process_exactly(
     assert index.stats.files_analysed > 5 and index.stats.tokens_encoded > 0
     assert index.total_tokens == get_tokenizer().count(index.text)
     assert index.text == build_index(repo, cache_dir=tmp_path / "fg").text
+
+
+def test_files_parsed_in_the_background_get_the_same_records(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As in a fresh process, with the child's start-up and counting deemed free: it takes a share.
+    monkeypatch.setattr(indexer, "_official_loaded", lambda: None)
+    monkeypatch.setattr(indexer, "get_official_tokenizer", _refuse_official)
+    monkeypatch.setattr(indexer, "_SMALL_CHARS", 0)
+    monkeypatch.setattr(indexer.background, "CHILD_START_S", 0.0)
+    monkeypatch.setattr(indexer.background, "COUNT_S_PER_CHAR", 0.0)
+    split = build_index(repo, cache_dir=tmp_path / "split")
+    monkeypatch.undo()
+    assert split.stats.files_parsed_in_background > 0
+    alone = build_index(repo, cache_dir=tmp_path / "alone")
+    assert alone.stats.files_parsed_in_background == 0
+    assert split.text == alone.text and split.total_tokens == alone.total_tokens
+    assert _records(tmp_path / "split") == _records(tmp_path / "alone")
+
+
+def _records(cache_dir: Path) -> dict:
+    (path,) = cache_dir.glob("*.cache")
+    return index_cache.load(path).records

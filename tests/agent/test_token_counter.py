@@ -99,16 +99,6 @@ def test_a_corrupt_table_file_is_rebuilt(tmp_path: Path) -> None:
     assert table.read_bytes() != b"not marshal data"
 
 
-def test_background_counts_match_and_failures_are_reported(tmp_path: Path) -> None:
-    tables = token_counter.table_file(default_tokenizer_file(), tmp_path)
-    texts = [*_TRICKY, "x <|EOT|> y"]
-    counts = token_counter.BackgroundCount(tables, texts).result()
-    expected = get_tokenizer().count_batch(texts)
-    assert counts[:-1] == expected[:-1] and counts[-1] is None  # declined, not miscounted
-    with pytest.raises(token_counter.CounterError, match="exited"):
-        token_counter.BackgroundCount(tmp_path / "missing.marshal", texts).result()
-
-
 def test_pre_tokenizer_is_read_from_the_tokenizer_file(counter) -> None:
     spec = json.loads(default_tokenizer_file().read_text())["pre_tokenizer"]
     assert counter._tables.patterns == [
@@ -136,3 +126,52 @@ def test_pre_tokenizer_is_read_from_the_tokenizer_file(counter) -> None:
 def test_counts_agree_with_the_official_tokenizer_or_decline(counter, text: str) -> None:
     got = counter.count(text)
     assert got is None or got == get_tokenizer().count(text)
+
+
+_ASCII_ALPHABET = list(" \t\r\n_-=+*/.,;:()[]{}<>'\"#@!?$%&^`|~\\0123456789abcXYZ")
+
+
+def test_ascii_shortcut_is_on_for_the_v4_patterns_only(counter) -> None:
+    assert counter._ascii_shortcut
+    other = token_counter._Tables(counter._tables.byte_ids, counter._tables.merges, [r"\s+"])
+    assert not token_counter.TokenCounter(other)._ascii_shortcut
+
+
+def test_ascii_shortcut_cuts_like_the_three_passes_on_this_repository(counter) -> None:
+    paths = sorted(_ROOT.glob("*/*.py")) + sorted(_ROOT.glob("tests/*/*.py"))
+    paths += sorted(_ROOT.glob("*.md")) + sorted(_ROOT.glob("benchmarks/*.md"))
+    texts = [p.read_text("utf-8") for p in paths]
+    assert sum(t.isascii() for t in texts) > 100
+    assert sum(not t.isascii() for t in texts) > 10  # mixed: stretches take the shortcut
+    for text in texts:
+        assert counter._pretokenize(text) == counter._pretokenize_general(text)
+
+
+@settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.text(alphabet=st.sampled_from(_ASCII_ALPHABET), max_size=120))
+def test_ascii_shortcut_cuts_like_the_three_passes(counter, text: str) -> None:
+    assert counter._pretokenize(text) == counter._pretokenize_general(text)
+    assert counter.count(text) == get_tokenizer().count(text)
+
+
+@settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.text(
+        alphabet=st.sampled_from(
+            [*_ASCII_ALPHABET, " ", "\n", "\n", "é", "中", "🎉", "\u00a0", "\x1f", "\x85"]
+        ),
+        max_size=120,
+    )
+)
+def test_mixed_text_cut_at_safe_line_ends_pre_tokenizes_like_the_passes(counter, text) -> None:
+    assert counter._pretokenize(text) == counter._pretokenize_general(text)
+
+
+@pytest.mark.parametrize("text", ["a\x0bb", "x\x00y 1", "tab\x1fsep", "del\x7f"])
+def test_ascii_control_characters_take_the_general_path(counter, text: str) -> None:
+    assert counter._pretokenize(text) == counter._pretokenize_general(text)
+    assert counter.count(text) == get_tokenizer().count(text)
