@@ -11,6 +11,7 @@ parent, which parses the rest meanwhile, finish at about the same time.
 from __future__ import annotations
 
 import marshal
+import queue
 import subprocess
 import sys
 import threading
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from subprocess import PIPE
 
-from . import tags, token_counter
+from . import packer, tags, token_counter
 
 # CPU cost model (seconds), measured on a 2-core x86 VM over the source trees of setuptools
 # and pip (Python): it only balances the two processes, so it need not be exact.
@@ -40,15 +41,18 @@ class Analysis:
     """Token count per text; None for a text the counter declines (out of its scope)."""
     tags: list[tags.FileTags]
     """Tags per file, in order."""
+    outline_counts: list[int | None]
+    """Per file, the token count of its outline chunk (`packer.outline_chunk`; 0 without an
+    outline), or None when not counted (no tables given, or declined)."""
 
 
 def child_share(parse_chars: Sequence[int], count_chars: int, started_s: float = 0.0) -> int:
     """How many of the files (taken from the end of `parse_chars`, each file's characters,
     0 for a file without a grammar) the child should parse, next to counting `count_chars`
     characters, for both processes to finish together. `started_s`: how long ago the child
-    was started (its start-up runs meanwhile)."""
+    was started; it has been starting and counting what it was sent meanwhile."""
     parent = sum(parse_chars) * PARSE_S_PER_CHAR
-    child = max(0.0, CHILD_START_S - started_s) + count_chars * COUNT_S_PER_CHAR
+    child = max(0.0, CHILD_START_S + count_chars * COUNT_S_PER_CHAR - started_s)
     taken = 0
     for chars in reversed(parse_chars):
         cost = chars * PARSE_S_PER_CHAR
@@ -62,54 +66,81 @@ def child_share(parse_chars: Sequence[int], count_chars: int, started_s: float =
 
 class BackgroundAnalysis:
     """A child process that counts texts and extracts the tags of files while this one goes
-    on. Started early (`__init__`: its interpreter starts while this process reads and scans
-    the files), given its work once (`send`), then waited for (`result`)."""
+    on. Started early (its interpreter starts while this process reads the files), fed as
+    the work appears (`count` batches while the files are scanned, `parse` once the share
+    is known: each message goes down the pipe at once, so the child starts counting during
+    the scan), then waited for (`result`)."""
 
     def __init__(self, tables: Path | None) -> None:
         """`tables`: the counter's table file (`token_counter.table_file`), needed to count."""
         cmd = [sys.executable, "-m", "dsv4.agent.background", str(tables or "-")]
         self._proc = subprocess.Popen(cmd, stdin=PIPE, stdout=PIPE, stderr=PIPE)
         self.started = time.perf_counter()
-        self._writer: threading.Thread | None = None
-
-    def send(self, texts: list[str], files: list[tuple[str, str]]) -> None:
-        """The work: texts to count and (path, text) files to parse."""
-        data = marshal.dumps((texts, files))
-        self._writer = threading.Thread(target=self._send, args=(data,))
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write, daemon=True)
         self._writer.start()
 
-    def _send(self, data: bytes) -> None:
+    def count(self, texts: list[str]) -> None:
+        """Texts to count (the counts come back in the order sent)."""
+        if texts:
+            self._queue.put(("count", texts))
+
+    def parse(self, files: list[tuple[str, str]]) -> None:
+        """(path, text) files to extract the tags of (in the order sent)."""
+        if files:
+            self._queue.put(("parse", files))
+
+    def _write(self) -> None:
+        """Send each message as it comes: an 8-byte length, then the marshal'd message."""
         try:
-            with self._proc.stdin:  # type: ignore[union-attr]
-                self._proc.stdin.write(data)  # type: ignore[union-attr]
+            with self._proc.stdin as pipe:  # type: ignore[union-attr]
+                while (message := self._queue.get()) is not None:
+                    data = marshal.dumps(message)
+                    pipe.write(len(data).to_bytes(8, "little"))
+                    pipe.write(data)
+                    pipe.flush()
         except OSError:
             pass  # the child died early; `result` reports why
 
     def result(self) -> Analysis:
         """Wait for the counts and tags (BackgroundError if the child failed)."""
-        if self._writer is None:
-            self.send([], [])
-        assert self._writer is not None
+        self._queue.put(None)
         self._writer.join()
         self._proc.stdin = None  # closed by the writer; `communicate` must not flush it
         out, err = self._proc.communicate()
         if self._proc.returncode != 0:
             tail = err.decode("utf-8", "replace")[-800:]
             raise BackgroundError(f"background analysis exited {self._proc.returncode}: {tail}")
-        counts, plain_tags = marshal.loads(out)
-        return Analysis(counts, [tags.FileTags.from_plain(t) for t in plain_tags])
+        counts, plain_tags, outline_counts = marshal.loads(out)
+        return Analysis(counts, [tags.FileTags.from_plain(t) for t in plain_tags], outline_counts)
 
 
 def _main(argv: list[str]) -> None:
-    """`python -m dsv4.agent.background TABLES`: marshal'd (texts, files) on stdin, marshal'd
-    (counts, plain tags) out."""
-    texts, files = marshal.loads(sys.stdin.buffer.read())
+    """`python -m dsv4.agent.background TABLES`: length-prefixed marshal'd ("count", texts)
+    and ("parse", files) messages on stdin until it closes; marshal'd (counts, plain tags,
+    outline counts) out. TABLES `-`: nothing to count."""
+    tables = None if argv[1] == "-" else Path(argv[1])
+    counter: token_counter.TokenCounter | None = None
     counts: list[int | None] = []
-    if texts:
-        counter = token_counter.from_table_file(Path(argv[1]))
-        counts = [counter.count(t) for t in texts]
-    plain = [tags.extract(path, text).to_plain() for path, text in files]
-    sys.stdout.buffer.write(marshal.dumps((counts, plain)))
+    plain: list[tuple] = []
+    outline_counts: list[int | None] = []
+    stdin = sys.stdin.buffer
+    while header := stdin.read(8):
+        kind, items = marshal.loads(stdin.read(int.from_bytes(header, "little")))
+        if counter is None and tables is not None:
+            counter = token_counter.from_table_file(tables)
+        if kind == "count":
+            counts += [counter.count(t) if counter else None for t in items]
+            continue
+        for path, text in items:
+            file_tags = tags.extract(path, text)
+            plain.append(file_tags.to_plain())
+            outline = tags.outline(file_tags)
+            if counter is None or not outline:
+                outline_counts.append(None if counter is None else 0)
+            else:
+                outline_counts.append(counter.count(packer.outline_chunk(path, outline)))
+    sys.stdout.buffer.write(marshal.dumps((counts, plain, outline_counts)))
 
 
 if __name__ == "__main__":

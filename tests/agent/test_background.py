@@ -22,7 +22,9 @@ def test_counts_and_tags_match_the_in_process_ones(tmp_path: Path) -> None:
     tables = token_counter.table_file(default_tokenizer_file(), tmp_path)
     texts = [text for _, text in _FILES] + ["x <|EOT|> y", "café 中文 🎉\n"]
     job = background.BackgroundAnalysis(tables)
-    job.send(texts, _FILES)
+    job.count(texts[:3])
+    job.count(texts[3:])
+    job.parse(_FILES)
     got = job.result()
     expected = get_tokenizer().count_batch(texts)
     assert got.counts[:-2] == expected[:-2]
@@ -34,14 +36,15 @@ def test_counts_and_tags_match_the_in_process_ones(tmp_path: Path) -> None:
 
 def test_parsing_alone_needs_no_tables() -> None:
     job = background.BackgroundAnalysis(None)
-    job.send([], _FILES[:2])
+    job.parse(_FILES[:1])
+    job.parse(_FILES[1:2])
     got = job.result()
     assert got.counts == [] and got.tags == [tags.extract(p, t) for p, t in _FILES[:2]]
 
 
 def test_a_failed_child_is_reported_with_its_error(tmp_path: Path) -> None:
     job = background.BackgroundAnalysis(tmp_path / "missing.marshal")
-    job.send(["x = 1\n"], [])
+    job.count(["x = 1\n"])
     with pytest.raises(background.BackgroundError, match="(?s)exited 1.*missing.marshal"):
         job.result()
 

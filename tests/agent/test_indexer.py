@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from dsv4.agent import index_cache, indexer
 from dsv4.agent.fileset import FileSetConfig
 from dsv4.agent.index_cache import CacheError
 from dsv4.agent.indexer import DEFAULT_BUDGET, MODEL_CONTEXT, IndexConfig, build_index
+from dsv4.agent.packer import outline_chunk
 from dsv4.engine.tokenizer import get_tokenizer
 
 _GH = "ghp_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"
@@ -334,13 +336,26 @@ def test_files_parsed_in_the_background_get_the_same_records(
     monkeypatch.setattr(indexer, "_SMALL_CHARS", 0)
     monkeypatch.setattr(indexer.background, "CHILD_START_S", 0.0)
     monkeypatch.setattr(indexer.background, "COUNT_S_PER_CHAR", 0.0)
+    # Everything, the frame and tree lines included, is counted in the child.
+    monkeypatch.setattr(indexer.token_counter, "load", _refuse_counter)
     split = build_index(repo, cache_dir=tmp_path / "split")
     monkeypatch.undo()
     assert split.stats.files_parsed_in_background > 0
     alone = build_index(repo, cache_dir=tmp_path / "alone")
     assert alone.stats.files_parsed_in_background == 0
     assert split.text == alone.text and split.total_tokens == alone.total_tokens
-    assert _records(tmp_path / "split") == _records(tmp_path / "alone")
+    split_records, alone_records = _records(tmp_path / "split"), _records(tmp_path / "alone")
+    # The background process also counted the outlines up front, exactly.
+    counted = {p: r for p, r in split_records.items() if r.outline and r.outline_tokens >= 0}
+    assert counted
+    for path, rec in counted.items():
+        assert rec.outline_tokens == get_tokenizer().count(outline_chunk(path, rec.outline))
+    unset = {p: replace(r, outline_tokens=-1 if r.outline else 0) for p, r in split_records.items()}
+    assert unset == alone_records
+
+
+def _refuse_counter(*args):
+    raise AssertionError("the in-process counter was loaded in a cold background run")
 
 
 def _records(cache_dir: Path) -> dict:

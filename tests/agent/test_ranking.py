@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
+from dsv4.agent import ranking
 from dsv4.agent.ranking import RankConfig, build_graph, focus_paths, rank
 
 
@@ -64,3 +67,19 @@ def test_focus_paths_from_task_text_and_explicit_list() -> None:
     assert focus_paths(paths, ["./src/util.py"], "") == ["src/util.py"]
     # Short names are too ambiguous to match inside prose.
     assert focus_paths(paths, [], "see a.py") == []
+
+
+def test_the_python_and_numpy_walks_agree(monkeypatch) -> None:
+    rng = random.Random(7)
+    paths = [f"m{i}.py" for i in range(60)]
+    graph = {
+        p: {rng.choice(paths): rng.random() for _ in range(rng.randrange(0, 6))}
+        for p in paths[:50]  # the last ten are dangling
+    }
+    focus = paths[3:5]
+    small = ranking.rank(paths, graph, focus)
+    monkeypatch.setattr(ranking, "_PYTHON_MAX_STEPS", 0)  # force the numpy walk
+    large = ranking.rank(paths, graph, focus)
+    assert small.keys() == large.keys()
+    assert all(abs(small[p] - large[p]) < 1e-12 for p in paths)
+    assert abs(sum(small.values()) - 1.0) < 1e-9
