@@ -24,11 +24,13 @@ from subprocess import PIPE
 from . import packer, tags, token_counter
 
 # CPU cost model (seconds), measured on a 2-core x86 VM over the source trees of setuptools
-# and pip (Python): it only balances the two processes, so it need not be exact.
-CHILD_START_S = 0.12
+# and rich (Python): it only balances the two processes, so it need not be exact.
+CHILD_START_S = 0.18
 """Interpreter start, imports and the counter's tables."""
-COUNT_S_PER_CHAR = 0.2e-6
-PARSE_S_PER_CHAR = 0.22e-6
+COUNT_S_PER_CHAR = 0.21e-6
+PARSE_S_PER_CHAR = 0.24e-6
+OUTLINE_CHARS_PER_PARSED_CHAR = 0.09
+"""Outline length per character parsed: the child counts every outline when it counts."""
 
 
 class BackgroundError(Exception):
@@ -52,6 +54,8 @@ def child_share(parse_chars: Sequence[int], count_chars: int, started_s: float =
     characters, for both processes to finish together. `started_s`: how long ago the child
     was started; it has been starting and counting what it was sent meanwhile."""
     parent = sum(parse_chars) * PARSE_S_PER_CHAR
+    if count_chars:
+        count_chars += OUTLINE_CHARS_PER_PARSED_CHAR * sum(parse_chars)
     child = max(0.0, CHILD_START_S + count_chars * COUNT_S_PER_CHAR - started_s)
     taken = 0
     for chars in reversed(parse_chars):

@@ -640,6 +640,7 @@ class _Pending:
         for (path, _), c in zip(self.files, analysis.outline_counts, strict=True):
             if c is not None:
                 outline_counts[path] = c
+                run.stats.tokens_encoded += c
         return _Done(exact[:n_texts], analysis.tags, outline_counts)
 
 
