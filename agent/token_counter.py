@@ -71,8 +71,27 @@ _NOT_PLAIN = re.compile(r"[^\t\n\r -~]")  # outside the shortcut's alphabet
 # What follows a line end where a text may be cut (spaces or tabs, then a non-space in
 # Python's sense, which is a non-space in the tokenizer's regex engine too).
 _CUT_FOLLOWS = re.compile(r"[ \t]*\S")
-# The `Split` regexes `_ASCII_PIECES` stands for, exactly as tokenizer.json writes them; with
-# any others the counter runs them as given.
+# The same three passes as one pattern for any text (the `regex` module, VERSION1 for set
+# operations), ~2x faster than running them in turn. The digit pass isolates every \p{N}
+# and the CJK pass every run of the CJK ranges (_CJK), so the word/punctuation/space branches
+# never see those characters: their classes leave them out, and "spaces not followed by a
+# non-space" treats one as the end of text. Inside a CJK run, the third pass still cuts
+# letters and marks from punctuation and symbols (・, ゛ and ゠ lie in those ranges): the
+# first two branches after the digits do that.
+_CJK = "\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff"
+_V4_COMBINED = (
+    r"(?V1)\p{N}{1,3}"
+    rf"|[[{_CJK}]&&[^\p{{L}}\p{{P}}\p{{S}}]]?[[{_CJK}]&&[\p{{L}}\p{{M}}]]+"
+    rf"|[[{_CJK}]&&[\p{{P}}\p{{S}}]]+"
+    r"|[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+"
+    rf"|[^\r\n\p{{L}}\p{{P}}\p{{S}}\p{{N}}{_CJK}]?[[\p{{L}}\p{{M}}]--[{_CJK}]]+"
+    rf"| ?[[\p{{P}}\p{{S}}]--[{_CJK}]]+[\r\n]*"
+    r"|\s*[\r\n]+"
+    rf"|\s+(?![^\s\p{{N}}{_CJK}])"
+    r"|\s+"
+)
+# The `Split` regexes `_ASCII_PIECES` and `_V4_COMBINED` stand for, exactly as tokenizer.json
+# writes them; with any others the counter runs them as given.
 V4_SPLIT_PATTERNS = (
     r"\p{N}{1,3}",
     "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+",
@@ -100,6 +119,7 @@ class TokenCounter:
         self._tables = tables
         self._patterns = [regex.compile(p) for p in tables.patterns]
         self._ascii_shortcut = tuple(tables.patterns) == V4_SPLIT_PATTERNS
+        self._combined = regex.compile(_V4_COMBINED) if self._ascii_shortcut else None
         self._words: dict[str, int] = {}
 
     def count(self, text: str) -> int | None:
@@ -142,7 +162,14 @@ class TokenCounter:
         return pieces + _ASCII_PIECES.findall(text, pos)
 
     def _pretokenize_general(self, text: str) -> list[str]:
-        """The three `Split` passes in sequence, for any text."""
+        """Pieces of any text: one pass of `_V4_COMBINED` for the V4 patterns, else the
+        `Split` passes in sequence."""
+        if self._combined is not None:
+            return _split_isolated(self._combined, text)
+        return self._pretokenize_passes(text)
+
+    def _pretokenize_passes(self, text: str) -> list[str]:
+        """The `Split` passes in sequence, as the tokenizer runs them (the reference)."""
         pieces = [text]
         for pattern in self._patterns:
             pieces = [part for piece in pieces for part in _split_isolated(pattern, piece)]

@@ -20,7 +20,9 @@ Peak memory is the indexer process's high-water mark + that of its largest subpr
 Each scenario runs `--repeat` times; the table shows medians. On a shared machine wall
 time swings with the load, CPU time much less: both are printed, with the load average,
 and "others", the most CPU time other processes took during any one run. `--quiet` starts
-each run only when the machine is idle (wall times then mean something on a shared box).
+each run only when the machine is idle, and runs it again (up to 6 times) while other
+processes took 0.1 s of CPU or more during it (wall times then mean something on a shared
+box).
 
 Baselines on the same tree: the V4 tokenizer alone (load, then `count_batch` over every
 text file), and other packers when installed: repomix and gitingest (on PATH, or given
@@ -46,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 _CHILD = """
@@ -122,22 +125,34 @@ def timed_child(cmd: list[str], cwd: Path | None = None) -> tuple[float, float, 
     return wall, cpu, proc.stdout
 
 
-def run_indexer(root: Path, cache: Path, verify: bool) -> dict:
+def run_indexer(
+    root: Path, cache: Path, verify: bool, prepare: Callable[[], None] = lambda: None
+) -> dict:
     """One fresh-process run; its verification (an exact recount) is left out of the times.
     With `--quiet`, it starts only once the machine is idle; `other_cpu_s` is the CPU time
     other processes took meanwhile (0 on a machine of its own)."""
-    if QUIET:
-        wait_until_idle()
     mode = "verify" if verify else "-"
-    busy_before = machine_busy_s()
-    wall, cpu, out = timed_child([sys.executable, "-c", _CHILD, str(root), str(cache), mode])
-    result = json.loads(out.strip().splitlines()[-1])
-    result["other_cpu_s"] = max(0.0, machine_busy_s() - busy_before - cpu)
-    result["wall_s"] = wall - result.pop("verify_s")
-    return result
+    best: dict | None = None
+    for _ in range(_QUIET_TRIES if QUIET else 1):
+        if QUIET:
+            wait_until_idle()
+        prepare()  # the scenario's starting state, again before each retry
+        busy_before = machine_busy_s()
+        wall, cpu, out = timed_child([sys.executable, "-c", _CHILD, str(root), str(cache), mode])
+        result = json.loads(out.strip().splitlines()[-1])
+        result["other_cpu_s"] = max(0.0, machine_busy_s() - busy_before - cpu)
+        result["wall_s"] = wall - result.pop("verify_s")
+        if best is None or result["other_cpu_s"] < best["other_cpu_s"]:
+            best = result
+        if best["other_cpu_s"] < _QUIET_OTHERS_S:
+            break
+    assert best is not None
+    return best
 
 
 QUIET = False  # set by --quiet
+_QUIET_TRIES = 6
+_QUIET_OTHERS_S = 0.1  # a run during which others took less CPU than this counts as quiet
 
 
 def machine_busy_s() -> float:
@@ -172,18 +187,23 @@ def edit(path: Path, n: int) -> None:
 def scenario_runs(root: Path, cache: Path, repeat: int) -> dict[str, list[dict]]:
     """Each scenario `repeat` times; the first cold and edit runs are verified."""
     runs: dict[str, list[dict]] = {name: [] for name in _RUNS}
-    for i in range(repeat):
+
+    def empty_cache() -> None:
         shutil.rmtree(cache, ignore_errors=True)
-        runs["first_run"].append(run_indexer(root, cache, verify=False))
+
+    def drop_index() -> None:
         for index_file in cache.glob("*.cache"):
             index_file.unlink()  # the counter's tables (*.marshal) stay
-        runs["cold"].append(run_indexer(root, cache, verify=i == 0))
+
+    for i in range(repeat):
+        runs["first_run"].append(run_indexer(root, cache, False, empty_cache))
+        runs["cold"].append(run_indexer(root, cache, i == 0, drop_index))
         runs["warm_noop"].append(run_indexer(root, cache, verify=False))
     full = runs["cold"][0]["full_paths"]
     target = root / sorted(full, key=lambda p: ((root / p).stat().st_size, p))[len(full) // 2]
+    edits = iter(range(1_000_000))
     for i in range(repeat):
-        edit(target, i)
-        runs["edit"].append(run_indexer(root, cache, verify=i == 0))
+        runs["edit"].append(run_indexer(root, cache, i == 0, lambda: edit(target, next(edits))))
     runs["edited"] = [{"path": str(target.relative_to(root))}]
     return runs
 

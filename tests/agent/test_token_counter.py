@@ -144,7 +144,7 @@ def test_ascii_shortcut_cuts_like_the_three_passes_on_this_repository(counter) -
     assert sum(t.isascii() for t in texts) > 100
     assert sum(not t.isascii() for t in texts) > 10  # mixed: stretches take the shortcut
     for text in texts:
-        assert counter._pretokenize(text) == counter._pretokenize_general(text)
+        assert counter._pretokenize(text) == counter._pretokenize_passes(text)
 
 
 @settings(
@@ -152,7 +152,7 @@ def test_ascii_shortcut_cuts_like_the_three_passes_on_this_repository(counter) -
 )
 @given(st.text(alphabet=st.sampled_from(_ASCII_ALPHABET), max_size=120))
 def test_ascii_shortcut_cuts_like_the_three_passes(counter, text: str) -> None:
-    assert counter._pretokenize(text) == counter._pretokenize_general(text)
+    assert counter._pretokenize(text) == counter._pretokenize_passes(text)
     assert counter.count(text) == get_tokenizer().count(text)
 
 
@@ -168,10 +168,29 @@ def test_ascii_shortcut_cuts_like_the_three_passes(counter, text: str) -> None:
     )
 )
 def test_mixed_text_cut_at_safe_line_ends_pre_tokenizes_like_the_passes(counter, text) -> None:
-    assert counter._pretokenize(text) == counter._pretokenize_general(text)
+    assert counter._pretokenize(text) == counter._pretokenize_passes(text)
+
+
+@settings(
+    max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.text(
+        alphabet=st.one_of(
+            st.sampled_from(
+                [*_ASCII_ALPHABET, "\n", "中", "文", "か", "カ", "・", "゛", "ー", "゠", "\u3099", "\u3040"]
+                + ["\u0301", "é", "²", "½", "\u0660", "\u00a0", "\u2014", "🎉", "한", "\x85"]
+            ),
+            st.characters(codec="utf-8"),
+        ),
+        max_size=80,
+    )
+)
+def test_the_combined_pattern_cuts_like_the_three_passes(counter, text: str) -> None:
+    assert counter._pretokenize_general(text) == counter._pretokenize_passes(text)
 
 
 @pytest.mark.parametrize("text", ["a\x0bb", "x\x00y 1", "tab\x1fsep", "del\x7f"])
 def test_ascii_control_characters_take_the_general_path(counter, text: str) -> None:
-    assert counter._pretokenize(text) == counter._pretokenize_general(text)
+    assert counter._pretokenize(text) == counter._pretokenize_passes(text)
     assert counter.count(text) == get_tokenizer().count(text)
