@@ -18,12 +18,11 @@ from dsv4.kernels.sparse_attn import sparse_attn
 
 from .compressor import Compressor
 from .config import ModelArgs
-from .moe import fp8_linears
 from .numerics import Numerics
 from .rope import Rope, apply_rope
 from .sparse_indexer import Indexer
 from .state import EntryCache, LayerState
-from .weights import FP8Linear, Getter, rms_norm
+from .weights import FP8Linear, Getter, fp8_linears, rms_norm, stack_dense
 
 
 @dataclass
@@ -42,6 +41,11 @@ class Attention:
     ratio: int
     compressor: Compressor | None = None
     indexer: Indexer | None = None
+    qkv_a: torch.Tensor | None = None  # wq_a's and wkv's kept dense weights, stacked
+
+    def __post_init__(self) -> None:
+        if self.qkv_a is None:
+            self.qkv_a = stack_dense((self.wq_a, self.wkv))
 
     @classmethod
     def load(cls, get: Getter, prefix: str, args: ModelArgs, ratio: int, device) -> Attention:
@@ -85,7 +89,7 @@ class Attention:
         pos = torch.arange(start, start + seq, device=x.device)
         cos, sin = self.rope.tables(pos)
         # -- queries: low-rank q, per-head RMS scaling without weight (in the act dtype), RoPE
-        q_low, kv = fp8_linears(x, (self.wq_a, self.wkv), nx)  # x is quantized once
+        q_low, kv = fp8_linears(x, (self.wq_a, self.wkv), nx, self.qkv_a)  # one act-quant
         qr = rms_norm(q_low, self.q_norm, a.norm_eps)
         q = self.wq_b(qr, nx).view(seq, a.n_heads, a.head_dim)
         q = q * torch.rsqrt(q.square().mean(-1, keepdim=True) + a.norm_eps)
@@ -97,7 +101,7 @@ class Attention:
         # -- compressed entries visible to each query
         if self.ratio:
             entries = self._compress(x, qr, start, state, nx)
-            comp_idxs = self._select(x, qr, start, state, nx, entries.shape[0], pos)
+            comp_idxs = self._select(x, qr, start, state, nx, entries.shape[0], (pos, cos, sin))
             comp_idxs = torch.where(comp_idxs >= 0, comp_idxs + keys.shape[0], -1)
             keys = torch.cat((keys, entries))
             idxs = torch.cat((idxs, comp_idxs), dim=1)
@@ -110,12 +114,15 @@ class Attention:
 
     def _compress(self, x, qr, start: int, state: LayerState, nx: Numerics) -> torch.Tensor:
         new, state.compressor = self.compressor(x, start, state.compressor, self.rope)
-        state.entries.append(self._quant_nope(new, nx))
+        if new.shape[0]:  # most decode steps complete no window: nothing to quantize or append
+            state.entries.append(self._quant_nope(new, nx))
         return state.entries.valid()
 
-    def _select(self, x, qr, start, state, nx, n: int, pos: torch.Tensor) -> torch.Tensor:
+    def _select(self, x, qr, start, state, nx, n: int, tables) -> torch.Tensor:
+        """Compressed entries each query attends to; `tables` = (positions, cos, sin)."""
         if self.indexer is not None:
-            return self.indexer(x, qr, start, state, self.rope, nx).long()
+            return self.indexer(x, qr, start, state, self.rope, nx, tables).long()
+        pos = tables[0]
         j = torch.arange(n, device=x.device)
         return torch.where(j[None, :] < ((pos + 1) // self.ratio)[:, None], j[None, :], -1)
 
@@ -130,19 +137,23 @@ class Attention:
 
 
 def _window(
-    state: LayerState, kv: torch.Tensor, start: int, win: int
+    state: LayerState, kv: torch.Tensor, start: int, win: int, one_step: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys of the window part and each query's indices into them.
 
     Returns (keys act [L, hd], idxs int64 [S, min(win, L)]): keys are the ring-buffer rows of
     positions max(0, start−win+1)…start−1 followed by the chunk's own rows; query t sees
     positions max(0, t−win+1)…t (−1 pads). The ring buffer is updated with the chunk.
+    `one_step`: a one-token chunk takes the short path (same results, a third of the ops).
     """
     end = start + kv.shape[0]
     first = max(0, start - win + 1)
     dev = kv.device
     past = state.window.index_select(0, torch.arange(first, start, device=dev) % win)
     keys = torch.cat((past, kv))
+    if one_step and kv.shape[0] == 1:  # the query sees every key; only its own slot changes
+        state.window[start % win] = kv[0]
+        return keys, torch.arange(keys.shape[0], device=dev)[None, :]
     width = min(win, keys.shape[0])
     t = torch.arange(start, end, device=dev)[:, None]
     cols = (t - win + 1).clamp_min(0) + torch.arange(width, device=dev)[None, :]

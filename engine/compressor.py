@@ -19,13 +19,12 @@ import torch
 
 from .rope import Rope, apply_rope
 from .state import CompressorState
-from .weights import Getter, linear_fp32, rms_norm
+from .weights import Getter, linear_bf16_valued, rms_norm
 
 
 @dataclass
 class Compressor:
-    wkv: torch.Tensor  # bf16 [coff·d, D]
-    wgate: torch.Tensor  # bf16 [coff·d, D]
+    w: torch.Tensor  # fp32 [2·coff·d, D]: wkv over wgate (bf16 in the file, upcast at load)
     ape: torch.Tensor  # fp32 [ratio, coff·d]
     norm: torch.Tensor  # fp32 [d]
     ratio: int
@@ -34,8 +33,10 @@ class Compressor:
 
     @classmethod
     def load(cls, get: Getter, prefix: str, ratio: int, d: int, eps: float) -> Compressor:
-        return cls(get(f"{prefix}.wkv.weight"), get(f"{prefix}.wgate.weight"),
-                   get(f"{prefix}.ape").float(), get(f"{prefix}.norm.weight").float(),
+        # REF multiplies both in fp32. Kept upcast and stacked (2x their bf16 bytes, small
+        # next to the model): one GEMM per call instead of two, and no upcast per call.
+        w = torch.cat((get(f"{prefix}.wkv.weight"), get(f"{prefix}.wgate.weight"))).float()
+        return cls(w, get(f"{prefix}.ape").float(), get(f"{prefix}.norm.weight").float(),
                    ratio, d, eps)  # fmt: skip
 
     @property
@@ -43,28 +44,36 @@ class Compressor:
         return 1 if self.ratio == 4 else 0
 
     def new_state(self, device: torch.device | str) -> CompressorState:
-        return CompressorState.empty(self.wkv.shape[0], device)
+        return CompressorState.empty(self.w.shape[0] // 2, device)
 
     def __call__(
         self, x: torch.Tensor, start: int, state: CompressorState, rope: Rope
     ) -> tuple[torch.Tensor, CompressorState]:
         """x act [S, D] at positions start… -> (new entries act [n, d], next state)."""
         seq, r = x.shape[0], self.ratio
-        pos = torch.arange(start, start + seq, device=x.device)
-        kv = linear_fp32(x, self.wkv)
-        score = linear_fp32(x, self.wgate) + self.ape[pos % r]
+        kv, score = linear_bf16_valued(x, self.w).chunk(2, dim=-1)
+        score = score + self._ape_rows(start, seq)
         rows_kv = torch.cat((state.kv, kv))
         rows_score = torch.cat((state.score, score))
         w0, w1 = start // r, (start + seq) // r  # windows w0..w1-1 complete in this chunk
         new_start = max(0, (w1 - self.overlap) * r)
-        keep = slice(new_start - state.start, None)
-        next_state = CompressorState(rows_kv[keep].clone(), rows_score[keep].clone(), new_start)
+        if new_start == state.start:  # every row stays: the fresh cat results are the state
+            next_state = CompressorState(rows_kv, rows_score, new_start)
+        else:  # copies, so the dropped rows' buffers are freed
+            keep = slice(new_start - state.start, None)
+            next_state = CompressorState(rows_kv[keep].clone(), rows_score[keep].clone(), new_start)
         if w1 == w0:
             return x.new_empty(0, self.d), next_state
         pooled = self._pool(rows_kv, rows_score, w0 * r - state.start, w1 - w0)
         entries = rms_norm(pooled.to(x.dtype), self.norm, self.eps)
         cos, sin = rope.tables(torch.arange(w0, w1, device=x.device) * r)
         return apply_rope(entries, cos, sin), next_state
+
+    def _ape_rows(self, start: int, seq: int) -> torch.Tensor:
+        """ape rows of positions start…start+seq−1 (position p uses row p % ratio)."""
+        if seq == 1:  # decode: one row, a view
+            return self.ape[start % self.ratio]
+        return self.ape[torch.arange(start, start + seq, device=self.ape.device) % self.ratio]
 
     def _pool(self, kv: torch.Tensor, score: torch.Tensor, lo: int, n: int) -> torch.Tensor:
         """Pool n consecutive windows whose first row is `lo` -> fp32 [n, d]."""

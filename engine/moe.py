@@ -13,31 +13,18 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from dsv4.kernels.gemm import fp8_gemm_kept
 from dsv4.kernels.moe import moe
-from dsv4.kernels.quant import act_quant
 
 from .config import ModelArgs
 from .numerics import Numerics
-from .weights import ExpertBank, FP8Linear, Getter, linear_fp32
-
-
-def fp8_linears(
-    x: torch.Tensor, linears: tuple[FP8Linear, ...], nx: Numerics
-) -> list[torch.Tensor]:
-    """`[lin(x, nx) for lin in linears]`, with REF's act-quant of x done once, not per linear.
-
-    The quantization is a pure function of x, so sharing it gives the same values as separate
-    calls; it saves one act-quant per extra linear (a dozen small ops each).
-    """
-    if not nx.quant_sim:
-        return [lin(x, nx) for lin in linears]
-    lead, x2 = x.shape[:-1], x.reshape(-1, x.shape[-1])
-    q, s = act_quant(x2, 128)
-    return [
-        fp8_gemm_kept(q, s, lin.weight, lin.scale, lin.scale_fp32, x.dtype).view(*lead, -1)
-        for lin in linears
-    ]
+from .weights import (
+    ExpertBank,
+    FP8Linear,
+    Getter,
+    fp8_linears,
+    linear_bf16_valued,
+    stack_dense,
+)
 
 
 @dataclass
@@ -46,10 +33,15 @@ class SharedExpert:
     w2: FP8Linear
     w3: FP8Linear
     limit: float
+    w13: torch.Tensor | None = None  # w1's and w3's kept dense weights, stacked (a view each)
+
+    def __post_init__(self) -> None:
+        if self.w13 is None:
+            self.w13 = stack_dense((self.w1, self.w3))
 
     def __call__(self, x: torch.Tensor, nx: Numerics) -> torch.Tensor:
         """x act [S, D] -> act [S, D]; SwiGLU in fp32 with REF's clamps."""
-        g, u = (y.float() for y in fp8_linears(x, (self.w1, self.w3), nx))
+        g, u = (y.float() for y in fp8_linears(x, (self.w1, self.w3), nx, self.w13))
         if self.limit > 0:
             u = u.clamp(-self.limit, self.limit)
             g = g.clamp(max=self.limit)
@@ -58,7 +50,7 @@ class SharedExpert:
 
 @dataclass
 class MoE:
-    gate: torch.Tensor  # bf16 [E, D]
+    gate: torch.Tensor  # fp32 [E, D] (bf16 in the file; REF multiplies in fp32)
     bias: torch.Tensor | None  # fp32 [E] (non-hash layers)
     tid2eid: torch.Tensor | None  # int64 [vocab, k] (hash layers)
     experts: ExpertBank
@@ -72,14 +64,14 @@ class MoE:
         g = f"{prefix}.gate"
         shared = SharedExpert(*(FP8Linear.load(get, f"{prefix}.shared_experts.{w}")
                                 for w in ("w1", "w2", "w3")), args.swiglu_limit)  # fmt: skip
-        return cls(get(f"{g}.weight"), None if hashed else get(f"{g}.bias").float(),
+        return cls(get(f"{g}.weight").float(), None if hashed else get(f"{g}.bias").float(),
                    get(f"{g}.tid2eid").long() if hashed else None,
                    ExpertBank.load(get, f"{prefix}.experts", args.n_routed_experts), shared,
                    args.n_activated_experts, args.route_scale, args.swiglu_limit)  # fmt: skip
 
     def route(self, x: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x act [S, D], ids [S] -> (expert ids int64 [S, k], weights fp32 [S, k])."""
-        scores = F.softplus(linear_fp32(x, self.gate)).sqrt()
+        scores = F.softplus(linear_bf16_valued(x, self.gate)).sqrt()
         if self.tid2eid is not None:
             idx = self.tid2eid[ids]
         else:

@@ -68,16 +68,21 @@ class Indexer:
         state: LayerState,
         rope: Rope,
         nx: Numerics,
+        tables: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """x act [S, D], qr act [S, q_lora_rank] -> entry indices int32 [S, min(topk, n)]
-        (−1: none visible)."""
+        (−1: none visible). `tables`: (positions, cos, sin) of the chunk when the caller has
+        them already (the attention of the same layer uses the same RoPE)."""
         seq = x.shape[0]
-        pos = torch.arange(start, start + seq, device=x.device)
-        cos, sin = rope.tables(pos)
+        if tables is None:
+            pos = torch.arange(start, start + seq, device=x.device)
+            tables = (pos, *rope.tables(pos))
+        pos, cos, sin = tables
         q = self.wq_b(qr, nx).view(seq, self.n_heads, self.head_dim)
         q = self._simulate(apply_rope(q, cos, sin), nx)
         keys, state.index_compressor = self.compressor(x, start, state.index_compressor, rope)
-        state.index_keys.append(self._simulate(keys, nx))
+        if keys.shape[0]:  # a new key every 4 tokens
+            state.index_keys.append(self._simulate(keys, nx))
         w = linear_act(x, self.weights_proj) * (self.head_dim**-0.5 * self.n_heads**-0.5)
         # Tiled on the torch path: the [S, ih, n] product is never materialized whole.
         entries = state.index_keys.valid()[None]

@@ -3,29 +3,50 @@
 FP8 linears stay `float8_e4m3fn` + ue8m0 128×128 block scales, routed experts stay packed FP4
 + ue8m0 per-32 scales (stacked `[E, ...]` per layer, the layout the `moe` kernel takes), and
 bf16 tensors stay bf16, so a model never needs its full bf16 size in memory.
+
+On CPU the small weights the torch GEMMs would otherwise decode on every call are also kept
+in the form they are multiplied in: the FP8 linears dequantized to fp32 (`FP8Linear.dense`,
+4x their FP8 bytes; +53 MiB on the 305 MiB medium tiny checkpoint; `DSV4_CPU_DENSE_FP8=0`
+turns it off), the gate and compressor
+weights upcast to fp32. The routed experts and the head are not: as fp32 they would be
+several times the checkpoint.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from dsv4.kernels.dispatch import use_triton
 from dsv4.kernels.gemm import (
     bf16_matmul_fp32,
     block_scales_fp32,
     dequantize_fp8,
     fp8_gemm_kept,
     fp8_matmul,
+    kept_matmul,
     slab_matmul,
 )
-from dsv4.kernels.quant import act_quant
+from dsv4.kernels.quant import act_quant, act_quant_values
 
 from .numerics import Numerics
 
 Getter = Callable[[str], torch.Tensor]  # tensor name -> stored tensor on the target device
+
+
+DENSE_ENV = "DSV4_CPU_DENSE_FP8"
+"""Set to 0 to keep FP8 linears as FP8 only on CPU (4x less memory for them, slower)."""
+
+
+def keep_dense_on_cpu() -> bool:
+    """Whether CPU FP8 linears keep their weight dequantized (`FP8Linear.dense`): on unless
+    `DSV4_CPU_DENSE_FP8=0`. The extra memory is 3x those linears' FP8 bytes (~10 % of a real
+    V4 checkpoint, +53 MiB on the medium tiny one); turning it off changes no result."""
+    return os.environ.get(DENSE_ENV, "1").strip() != "0"
 
 
 @dataclass
@@ -35,15 +56,22 @@ class FP8Linear:
     `scale_fp32` holds the same scales decoded once at load: the torch GEMMs would otherwise
     decode them on every call (dozens of calls per token), and they are 1/4096 of the weight's
     size. The e8m0 bytes stay for the Triton kernels.
+
+    `dense` keeps the whole weight dequantized (exact fp32, 4x the FP8 bytes) for the torch
+    GEMMs on CPU: decoding it again on every call costs several times the GEMM itself at
+    decode. On other devices the Triton kernels read the FP8 bytes, and nothing is kept.
     """
 
     weight: torch.Tensor
     scale: torch.Tensor
     scale_fp32: torch.Tensor | None = None
+    dense: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.scale_fp32 is None:
             self.scale_fp32 = block_scales_fp32(self.scale)
+        if self.dense is None and self.weight.device.type == "cpu" and keep_dense_on_cpu():
+            self.dense = dequantize_fp8(self.weight, self.scale_fp32)
 
     @classmethod
     def load(cls, get: Getter, prefix: str) -> FP8Linear:
@@ -51,20 +79,63 @@ class FP8Linear:
 
     def dequantized(self) -> torch.Tensor:
         """Exact fp32 [out, in]."""
+        if self.dense is not None:
+            return self.dense
         return dequantize_fp8(self.weight, self.scale_fp32)
 
     def __call__(self, x: torch.Tensor, nx: Numerics) -> torch.Tensor:
         """x act [..., in] -> act [..., out]. With quant_sim: REF's FP8 act-quant + FP8 GEMM."""
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, x.shape[-1])
         if nx.quant_sim:
-            q, s = act_quant(x2, 128)
-            y = fp8_gemm_kept(q, s, self.weight, self.scale, self.scale_fp32, x.dtype)
+            return fp8_linears(x, (self,), nx)[0]
+        lead, x2 = x.shape[:-1], x.reshape(-1, x.shape[-1]).float()
+        exact = x.dtype == torch.bfloat16
+        if self.dense is not None:
+            y = kept_matmul(x2, self.dense, bf16_exact=exact)
         else:
-            exact = x.dtype == torch.bfloat16
-            y = fp8_matmul(x2.float(), self.weight, self.scale_fp32, bf16_exact=exact)
-            y = y.to(x.dtype)
-        return y.view(*lead, -1)
+            y = fp8_matmul(x2, self.weight, self.scale_fp32, bf16_exact=exact)
+        return y.to(x.dtype).view(*lead, -1)
+
+
+def stack_dense(linears: tuple[FP8Linear, ...]) -> torch.Tensor | None:
+    """The kept dense weights of linears that read the same input, stacked into one fp32
+    [ΣN, K] tensor; each linear's `dense` becomes a view of its rows (no extra memory).
+    None when a linear keeps no dense weight."""
+    if any(lin.dense is None for lin in linears):
+        return None
+    stacked, lo = torch.cat([lin.dense for lin in linears]), 0
+    for lin in linears:
+        n = lin.dense.shape[0]
+        lin.dense, lo = stacked[lo : lo + n], lo + n
+    return stacked
+
+
+def fp8_linears(
+    x: torch.Tensor,
+    linears: tuple[FP8Linear, ...],
+    nx: Numerics,
+    stacked: torch.Tensor | None = None,
+) -> list[torch.Tensor]:
+    """`[lin(x, nx) for lin in linears]`, with REF's act-quant of x done once, not per linear.
+
+    The quantization is a pure function of x, so sharing it gives the same values as separate
+    calls; it saves one act-quant per extra linear (a dozen small ops each). Weights kept
+    dense multiply the dequantized activation values directly (`act_quant_values`: the same
+    values `fp8_gemm_ref` decodes from the e4m3 bytes and scales); with `stacked`
+    (`stack_dense` of these linears) in one GEMM, each output being its own dot product.
+    """
+    if not nx.quant_sim:
+        return [lin(x, nx) for lin in linears]
+    lead, x2 = x.shape[:-1], x.reshape(-1, x.shape[-1])
+    if use_triton(x2) or any(lin.dense is None for lin in linears):
+        q, s = act_quant(x2, 128)
+        ys = [fp8_gemm_kept(q, s, w.weight, w.scale, w.scale_fp32, x.dtype) for w in linears]
+    elif stacked is not None:  # e4m3 values times power-of-two scales: bf16 products exact
+        y = kept_matmul(act_quant_values(x2, 128), stacked, bf16_exact=True).to(x.dtype)
+        ys = y.split([lin.dense.shape[0] for lin in linears], dim=-1)
+    else:
+        xq = act_quant_values(x2, 128)
+        ys = [kept_matmul(xq, lin.dense, bf16_exact=True).to(x.dtype) for lin in linears]
+    return [y.reshape(*lead, -1) for y in ys]
 
 
 def linear_act(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -81,6 +152,14 @@ def linear_fp32(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if x2.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16:
         return bf16_matmul_fp32(x2, weight).view(*lead, -1)
     y = slab_matmul(x2.float(), weight.shape[0], lambda lo, hi: weight[lo:hi].float())
+    return y.view(*lead, -1)
+
+
+def linear_bf16_valued(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """`linear_fp32` for an fp32 weight kept upcast from bf16 at load: x act [..., in]
+    -> fp32 [..., out], the same GEMM calls as on the bf16 weight, without the upcast."""
+    lead, x2 = x.shape[:-1], x.reshape(-1, x.shape[-1])
+    y = kept_matmul(x2.float(), weight, bf16_exact=x.dtype == torch.bfloat16)
     return y.view(*lead, -1)
 
 

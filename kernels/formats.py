@@ -48,6 +48,20 @@ def _e8m0_table(device: torch.device) -> torch.Tensor:
     return bits.view(torch.float32).to(device)
 
 
+def e4m3_to_fp32_div256(b: torch.Tensor) -> torch.Tensor:
+    """e4m3 values as fp32, divided by 2^8 (exact; NaN bytes are not expected in weights).
+
+    The byte shifted left by 7 inside an int16 is an fp16 number with the same sign, mantissa
+    and exponent (bias 15 instead of 7, subnormals included): sign-extending the byte and
+    clearing bit 14 puts the sign in bit 15. fp16 -> fp32 is a fast vectorized cast, where
+    torch's own float8 cast runs element by element on CPUs. The bit steps run in place: a
+    fresh buffer per step costs page faults on every call.
+    """
+    bits = b.view(torch.int8).to(torch.int16)
+    bits.bitwise_left_shift_(7).bitwise_and_(~0x4000)
+    return bits.view(torch.float16).float()
+
+
 def fp32_to_e8m0(x: torch.Tensor) -> torch.Tensor:
     """Exact powers of two (fp32, 2^-127..2^127) to `float8_e8m0fnu`; anything else raises."""
     mant, exp = torch.frexp(x.float())  # x = mant * 2^exp with mant in [0.5, 1)
@@ -70,8 +84,18 @@ def pow2_ceil(x: torch.Tensor) -> torch.Tensor:
 
 
 def e2m1_round(x: torch.Tensor) -> torch.Tensor:
-    """Round fp32 to the nearest e2m1 value (ties to even code), saturating at ±6."""
-    return e2m1_decode(e2m1_encode(x))
+    """Round fp32 to the nearest e2m1 value (ties to even code), saturating at ±6; the values
+    of `e2m1_decode(e2m1_encode(x))` (NaN excepted: it stays NaN), in a handful of ops.
+
+    The e2m1 grid has spacing 0.5 below 2, then 1 in [2, 4) and 2 in [4, 6]: half the
+    power of two at or below |x|, at least 0.5. x / spacing (exact) rounded half to even,
+    times the spacing, is the nearest grid value, and the even integer of a tie is the even
+    code (its mantissa bit is clear). The sign, -0.0 included, carries through.
+    """
+    x = x.float().clamp(-FP4_MAX, FP4_MAX)
+    floor_pow2 = (x.view(torch.int32) & 0x7F800000).view(torch.float32)  # 2^⌊log2|x|⌋, or 0
+    spacing = floor_pow2.mul_(0.5).clamp_min_(0.5)
+    return (x / spacing).round_().mul_(spacing)
 
 
 def e2m1_encode(x: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch
 
 from .dispatch import use_triton
 from .formats import FP4_BLOCK, FP8_BLOCK, dequantize_fp8_weight, e2m1_decode, e8m0_to_fp32
+from .formats import e4m3_to_fp32_div256 as _e4m3_to_fp32
 
 _ACT_BLOCK = 128  # activation scales: one per 128 inputs
 _SLAB_BYTES = 1 << 21  # fp32 slab size: cache-resident, few Python steps per weight
@@ -28,37 +29,24 @@ _HEAD_SLAB_BYTES = 1 << 20
 # From this many rows on, a GEMM with bf16 products beats the fp32 one (measured on AMX and
 # AVX512-BF16 CPUs); below it the weight conversion dominates and fp32 is as fast.
 BF16_MIN_ROWS = 16
-_E4M3_AS_F16 = 2.0**8  # an e4m3 byte shifted into fp16 bits is its value times 2^-8
-
-
-def _e4m3_to_fp32(b: torch.Tensor) -> torch.Tensor:
-    """e4m3 values as fp32, divided by 2^8 (exact; NaN bytes are not expected in weights).
-
-    The byte shifted left by 7 inside an int16 is an fp16 number with the same sign, mantissa
-    and exponent (bias 15 instead of 7, subnormals included): sign-extending the byte and
-    clearing bit 14 puts the sign in bit 15. fp16 -> fp32 is a fast vectorized cast, where
-    torch's own float8 cast runs element by element on CPUs. The bit steps run in place: a
-    fresh buffer per step costs page faults on every call.
-    """
-    bits = b.view(torch.int8).to(torch.int16)
-    bits.bitwise_left_shift_(7).bitwise_and_(~0x4000)
-    return bits.view(torch.float16).float()
+_E4M3_AS_F16 = 2.0**8  # `_e4m3_to_fp32` gives an e4m3 byte's value times 2^-8
 
 
 def _e2m1_to_fp32(b: torch.Tensor) -> torch.Tensor:
     """Packed FP4 int8 [..., n/2] -> exact values fp32 [..., n] (low nibble = even element):
-    one lookup per byte in a table of its two values as fp16 (every e2m1 value is one)."""
+    one lookup per byte in a table of its two fp32 values (a table of fp16 pairs would need a
+    second pass to widen them, and torch's fp16 -> fp32 copy is slow on CPUs)."""
     idx = b.view(torch.uint8).reshape(-1).to(torch.int32)
     pairs = _e2m1_pair_table(b.device).index_select(0, idx)
-    return pairs.view(torch.float16).view(*b.shape[:-1], 2 * b.shape[-1]).float()
+    return pairs.view(torch.float32).view(*b.shape[:-1], 2 * b.shape[-1])
 
 
 @functools.lru_cache(maxsize=8)
 def _e2m1_pair_table(device: torch.device) -> torch.Tensor:
-    """int32 [256]: the fp16 bits of a byte's two e2m1 values, low nibble in the low half."""
+    """int64 [256]: the fp32 bits of a byte's two e2m1 values, the low nibble's first."""
     codes = torch.arange(256)
     pairs = torch.stack((e2m1_decode(codes & 0xF), e2m1_decode(codes >> 4)), dim=-1)
-    return pairs.half().view(torch.int32).reshape(256).to(device)
+    return pairs.contiguous().view(torch.int64).reshape(256).to(device)
 
 
 def block_scales_fp32(b_s: torch.Tensor) -> torch.Tensor:
@@ -176,6 +164,17 @@ def slab_matmul(
     return out
 
 
+def kept_matmul(a: torch.Tensor, w: torch.Tensor, bf16_exact: bool = False) -> torch.Tensor:
+    """a fp32 [M, K] @ wᵀ -> fp32 [M, N] for a weight kept dequantized in fp32 [N, K].
+
+    The same GEMM calls as `fp8_matmul` / `slab_matmul` on weights dequantized per call, minus
+    the dequantization: the products and fp32 sums are those of the stored values (checked
+    bit for bit in the tests). `bf16_exact` as in `slab_matmul`.
+    """
+    with bf16_products(bf16_exact and a.shape[0] >= BF16_MIN_ROWS):
+        return a @ w.T
+
+
 def bf16_matmul_fp32(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """x bf16 [M, K] @ w bf16 [N, K]ᵀ -> fp32 [M, N]: exact products, fp32 accumulation.
 
@@ -188,12 +187,14 @@ def bf16_matmul_fp32(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     step = min(n, max(1, (_WIDE_SLAB_BYTES if wide else _HEAD_SLAB_BYTES) // (4 * k)))
     xf, buf = x.float(), x.new_empty(step, k, dtype=torch.float32)
     out = x.new_empty(m, n, dtype=torch.float32)
+    # All slab views made up front (`split`): the loop then runs two ops per slab, which
+    # matters for the 1-row head (250 slabs per token).
+    slabs = {step: (buf, buf.T), n % step: (buf[: n % step], buf[: n % step].T)}
     with bf16_products(wide):
-        for lo in range(0, n, step):
-            hi = min(n, lo + step)
-            slab = buf[: hi - lo]
-            slab.copy_(w[lo:hi])
-            torch.matmul(xf, slab.T, out=out[:, lo:hi])
+        for src, dst in zip(w.split(step), out.split(step, dim=1), strict=True):
+            rows, cols = slabs[src.shape[0]]
+            rows.copy_(src)
+            torch.mm(xf, cols, out=dst)
     return out
 
 

@@ -159,8 +159,10 @@ def index_score_topk_ref(
     out = torch.full((b, m, min(topk, n)), -1, dtype=torch.int32, device=q.device)
     if out.numel() == 0:
         return out
-    limit = _visible_limit(q_pos, ratio, q.device)
     query_spans, key_spans = _tiling(m, h, n, tiles)
+    if len(query_spans) == 1 and len(key_spans) == 1:  # one tile (decode): the reference
+        return index_topk_ref(index_scores_ref(q, k, weights), q_pos, ratio, topk)
+    limit = _visible_limit(q_pos, ratio, q.device)
     for start, stop in query_spans:
         lim = limit[:, start:stop]
         best = _select_rows(q[:, start:stop], k, weights[:, start:stop], lim,

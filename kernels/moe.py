@@ -64,10 +64,9 @@ def _by_pair(y, xin, topk_ids, topk_weights, weights, opts) -> torch.Tensor:
     flat_ids = topk_ids.reshape(-1)
     tok = torch.arange(flat_ids.numel(), device=xin.device) // topk_ids.shape[1]
     w13 = _stacked_w13(w1, w1_s, w3, w3_s, flat_ids)
-    w2p = dequantize_fp4(w2[flat_ids], w2_s[flat_ids])
-    return y.index_add_(
-        0, tok, _experts_batched(xin[tok], w13, w2p, topk_weights.reshape(-1), *opts)
-    )
+    w2p = dequantize_fp4(w2.index_select(0, flat_ids), w2_s.index_select(0, flat_ids))
+    out = _experts_batched(xin.index_select(0, tok), w13, w2p, topk_weights.reshape(-1), *opts)
+    return y.index_add_(0, tok, out)
 
 
 def _by_expert(y, xin, topk_ids, topk_weights, weights, opts, per_expert: int) -> torch.Tensor:
@@ -85,7 +84,8 @@ def _by_expert(y, xin, topk_ids, topk_weights, weights, opts, per_expert: int) -
     exact = quant_sim or dtype == torch.bfloat16
     for group in _expert_groups([e for e, c in enumerate(counts) if c], per_expert):
         ids = torch.tensor(group, device=xin.device)
-        w13, w2g = _stacked_w13(w1, w1_s, w3, w3_s, ids), dequantize_fp4(w2[ids], w2_s[ids])
+        w13 = _stacked_w13(w1, w1_s, w3, w3_s, ids)
+        w2g = dequantize_fp4(w2.index_select(0, ids), w2_s.index_select(0, ids))
         for j, e in enumerate(group):
             pairs = order[starts[e] : starts[e + 1]]
             with bf16_products(exact and pairs.numel() >= BF16_MIN_ROWS):
@@ -98,8 +98,12 @@ def _by_expert(y, xin, topk_ids, topk_weights, weights, opts, per_expert: int) -
 def _stacked_w13(w1, w1_s, w3, w3_s, ids: torch.Tensor) -> torch.Tensor:
     """Experts `ids` with w1 over w3, fp32 [len(ids), 2I, D]: one GEMM gives both (each output
     is its own dot product, so only the number of calls changes)."""
-    packed = torch.cat((w1[ids], w3[ids]), 1)
-    return dequantize_fp4(packed, torch.cat((w1_s[ids], w3_s[ids]), 1))
+
+    def pick(t: torch.Tensor) -> torch.Tensor:
+        return t.index_select(0, ids)  # several times faster than t[ids] on CPUs
+
+    packed = torch.cat((pick(w1), pick(w3)), 1)
+    return dequantize_fp4(packed, torch.cat((pick(w1_s), pick(w3_s)), 1))
 
 
 def _experts_batched(xin, w13, w2, weights, dtype, swiglu_limit, quant_sim) -> torch.Tensor:

@@ -40,14 +40,18 @@ def sparse_attn_ref(
     return (out / denom).to(q.dtype)
 
 
-def _softmax_pv(scores, weight, rows, attn_sink, dtype, eq: str) -> torch.Tensor:
-    """Sink softmax of fp32 scores [..., H, K] (weight = multiplicity, 0 = skip) times rows."""
+def _softmax_pv(scores, weight, rows, attn_sink, dtype) -> torch.Tensor:
+    """Sink softmax of fp32 scores [B, M, H, N] (weight = multiplicity, 0 = skip) times the
+    rows fp32 [B, N, D] -> fp32 [B, M, H, D]."""
     scores = scores.masked_fill(weight == 0, float("-inf"))
     top = scores.amax(-1, keepdim=True)
     top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # all-skip rows
     p = torch.exp(scores - top) * weight
     denom = p.sum(-1, keepdim=True) + torch.exp(attn_sink.float().view(-1, 1) - top)
-    return torch.einsum(eq, p.to(dtype).float(), rows.float()) / denom
+    b, m, h, n = p.shape
+    # the batched product einsum("bmhn,bnd->bmhd") runs, without its parsing and permutes
+    pv = torch.bmm(p.to(dtype).float().view(b, m * h, n), rows).view(b, m, h, -1)
+    return pv / denom
 
 
 def _dense(q, kv, attn_sink, topk_idxs, scale: float, chunk_bytes: int = 1 << 26) -> torch.Tensor:
@@ -63,10 +67,12 @@ def _dense(q, kv, attn_sink, topk_idxs, scale: float, chunk_bytes: int = 1 << 26
     step = max(1, chunk_bytes // (4 * h * max(n, 1)))
     for lo in range(0, m, step):
         qs = q[:, lo : lo + step].float()
-        scores = torch.einsum("bmhd,bnd->bmhn", qs, kvf) * scale
-        # kvf, not kv: `rows.float()` is then a no-op, not a second upcast per chunk
+        rows = qs.shape[1]
+        # einsum("bmhd,bnd->bmhn") as the batched product it runs (same kernel, same bits)
+        scores = torch.bmm(qs.reshape(b, rows * h, -1), kvf.transpose(1, 2)).view(b, rows, h, n)
+        scores = scores * scale
         cnt = counts[:, lo : lo + step]
-        o = _softmax_pv(scores, cnt, kvf, attn_sink, q.dtype, "bmhn,bnd->bmhd")
+        o = _softmax_pv(scores, cnt, kvf, attn_sink, q.dtype)
         out[:, lo : lo + step] = o.to(q.dtype)
     return out
 

@@ -209,3 +209,15 @@ def test_golden_expert_matches_per_element_decode():
             code = byte & 0xF if k % 2 == 0 else byte >> 4
             mag = E2M1[code & 7] * 2.0 ** (sbytes[o][k // 32] - 127)
             assert deq[o, k].item() == (-mag if code & 8 else mag), (o, k)
+
+
+def test_e2m1_round_equals_encode_then_decode_across_fp32():
+    """The arithmetic rounding against the code table, on a sweep of every binade's bit
+    patterns (subnormals, ±0, ±inf) and the neighbours of every grid point and midpoint."""
+    bits = torch.arange(-(2**31), 2**31, 40961, dtype=torch.int64).to(torch.int32)
+    x = bits.view(torch.float32)
+    grid = torch.tensor([0.0, 0.25, 0.5, 0.75, 1, 1.25, 1.5, 1.75, 2, 2.5, 3, 3.5, 4, 5, 6, 7])
+    near = torch.cat((grid, torch.nextafter(grid, grid + 1), torch.nextafter(grid, grid - 1)))
+    x = torch.cat((x[~x.isnan()], near, -near, torch.tensor([float("inf"), -float("inf")])))
+    want = F.e2m1_decode(F.e2m1_encode(x))
+    assert torch.equal(F.e2m1_round(x).view(torch.int32), want.view(torch.int32))

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from dsv4.kernels.formats import (
+    dequantize_fp4_weight,
     e2m1_decode,
     e8m0_to_fp32,
     quantize_fp4_weight,
@@ -21,6 +22,7 @@ from dsv4.kernels.gemm import (
     fp8_gemm_kept,
     fp8_gemm_ref,
     fp8_matmul,
+    kept_matmul,
 )
 from dsv4.kernels.quant import act_quant_ref
 
@@ -124,3 +126,34 @@ def test_bf16_products_restores_the_fp32_mode():
     with bf16_products(False):
         assert knob.fp32_precision == before
     assert knob.fp32_precision == before
+
+
+# Weights kept dequantized at load (`kept_matmul`) against the per-call dequantizing GEMMs:
+# the same GEMM calls on the same values, so the results must be equal bit for bit.
+@pytest.mark.parametrize("m, n, k", [(1, 256, 384), (3, 512, 256), (20, 256, 384), (1, 130, 384)])
+def test_kept_fp8_weight_gives_identical_results(m, n, k):
+    x, w = _operands(m, n, k, seed=11)
+    xb = x.bfloat16().float()  # bf16 values: the bf16-products path is exact for them
+    b, b_s = quantize_fp8_weight(w)
+    s32 = block_scales_fp32(b_s)
+    dense = dequantize_fp8(b, s32)
+    assert torch.equal(kept_matmul(xb, dense, bf16_exact=True), fp8_matmul(xb, b, s32, True))
+    assert torch.equal(kept_matmul(x, dense), fp8_matmul(x, b, s32))
+
+
+@pytest.mark.parametrize("m", [1, 5, 33])
+def test_kept_bf16_weight_gives_identical_results(m):
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(m, 96, generator=g).bfloat16()
+    w = (torch.randn(300, 96, generator=g) * 0.05).bfloat16()
+    assert torch.equal(kept_matmul(x.float(), w.float(), bf16_exact=True), bf16_matmul_fp32(x, w))
+
+
+def test_fp4_decode_table_matches_the_format_definition():
+    g = torch.Generator().manual_seed(6)
+    b, b_s = quantize_fp4_weight(torch.randn(3 * 64, 256, generator=g) * 0.05)
+    b, b_s = b.view(3, 64, 128), b_s.view(3, 64, 8)
+    b_s.view(torch.uint8)[0, 0, :2] = torch.tensor([255, 0], dtype=torch.uint8)  # NaN, 2^-127
+    got = dequantize_fp4(b, b_s)
+    want = torch.stack([dequantize_fp4_weight(b[i], b_s[i]) for i in range(3)])
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))  # NaN bits included

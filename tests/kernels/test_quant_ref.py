@@ -110,3 +110,49 @@ def test_ties_go_to_even_codes():
 def test_block_must_divide():
     with pytest.raises(ValueError, match="multiple"):
         act_quant_ref(torch.zeros(2, 100))
+
+
+def _wide_range_rows(seed: int) -> torch.Tensor:
+    """Rows over many binades: normal, tiny (e4m3 subnormal results), huge, zeros."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(6, 256, generator=g)
+    x[1] *= 1e-30
+    x[2] *= 1e30
+    x[3, :128] = 0.0
+    x[4] = torch.randn(256, generator=g) * torch.logspace(-40, 30, 256)
+    return x
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("block", [64, 128])
+def test_act_quant_values_is_the_dequantized_act_quant(dtype, block, monkeypatch):
+    """The numpy path (few rows), the torch path and act_quant + dequantization agree bit for
+    bit."""
+    from dsv4.kernels import quant
+
+    for seed in range(5):
+        x = _wide_range_rows(seed).to(dtype)
+        q, s = act_quant_ref(x, block)
+        want = (q.float().view(6, -1, block) * s.unsqueeze(-1)).view(6, 256)
+        small = quant.act_quant_values(x, block)  # 1,536 elements: the numpy path
+        monkeypatch.setattr(quant, "_NUMPY_MAX", 0)
+        large = quant.act_quant_values(x, block)
+        monkeypatch.undo()
+        for got in (small, large):
+            assert got.dtype == torch.float32
+            assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fp4_round_trip_numpy_and_torch_paths_agree(dtype, monkeypatch):
+    from dsv4.kernels import quant
+
+    for seed in range(5):
+        x = _wide_range_rows(seed).to(dtype)
+        x[5, :32] = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0] * 4)  # the ties
+        small = fp4_act_quant_dequant_ref(x, 32)  # the numpy path
+        monkeypatch.setattr(quant, "_NUMPY_MAX", 0)
+        large = fp4_act_quant_dequant_ref(x, 32)
+        monkeypatch.undo()
+        assert small.dtype == dtype and torch.equal(small, large)
+        assert torch.equal(small.float().view(torch.int32), large.float().view(torch.int32))

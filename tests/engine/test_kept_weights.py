@@ -1,0 +1,84 @@
+"""Weights kept in their computing form at load (dense FP8 weights, stacked GEMMs) and the
+one-token shortcuts change only the speed: logits equal bit for bit with and without them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dsv4.engine import load_model
+from dsv4.engine.attention import _window
+from dsv4.engine.state import LayerState
+from dsv4.engine.weights import FP8Linear
+
+GOLDEN = Path(__file__).resolve().parent.parent / "data" / "golden" / "checkpoint"
+
+
+def _drop_kept(model) -> int:
+    """Remove every kept dense FP8 weight and stacked GEMM (the per-call dequantizing paths
+    then run); returns how many linears kept one."""
+    dropped, seen = 0, set()
+
+    def visit(obj) -> None:
+        nonlocal dropped
+        if id(obj) in seen or not hasattr(obj, "__dataclass_fields__"):
+            return
+        seen.add(id(obj))
+        if isinstance(obj, FP8Linear):
+            dropped += obj.dense is not None
+            obj.dense = None
+            return
+        for name in obj.__dataclass_fields__:
+            value = getattr(obj, name)
+            if name in ("qkv_a", "w13"):
+                setattr(obj, name, None)
+            for item in value if isinstance(value, list) else [value]:
+                visit(item)
+
+    visit(model)
+    return dropped
+
+
+def _logits(model, ids: list[int]) -> list[torch.Tensor]:
+    session = model.new_session()
+    out = [session.prefill(ids[:40]), session.prefill(ids[40:57])]
+    token = int(out[-1][-1].argmax())
+    for _ in range(6):
+        out.append(session.decode(token))
+        token = int(out[-1].argmax())
+    return out
+
+
+@pytest.mark.parametrize("dtype, sim", [(torch.bfloat16, True), (torch.float32, False)])
+def test_kept_weights_give_identical_logits(golden_tokens, dtype, sim):
+    torch.set_num_threads(1)
+    kept = load_model(GOLDEN, dtype=dtype, quant_sim=sim)
+    plain = load_model(GOLDEN, dtype=dtype, quant_sim=sim)
+    assert _drop_kept(plain) > 0
+    for a, b in zip(_logits(kept, golden_tokens), _logits(plain, golden_tokens), strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("start", [0, 1, 5, 15, 16, 17, 40])
+def test_one_token_window_step_matches_the_chunk_path(start):
+    g = torch.Generator().manual_seed(start)
+    win, hd = 16, 8
+    ring = torch.randn(win, hd, generator=g).bfloat16()
+    kv = torch.randn(1, hd, generator=g).bfloat16()
+    fast, general = LayerState(ring.clone()), LayerState(ring.clone())
+    keys, idxs = _window(fast, kv, start, win)
+    want_keys, want_idxs = _window(general, kv, start, win, one_step=False)
+    assert torch.equal(keys, want_keys) and torch.equal(idxs, want_idxs)
+    assert torch.equal(fast.window, general.window)
+
+
+def test_dense_weights_can_be_turned_off(golden_tokens, monkeypatch):
+    torch.set_num_threads(1)
+    kept = load_model(GOLDEN, dtype=torch.bfloat16, quant_sim=True)
+    monkeypatch.setenv("DSV4_CPU_DENSE_FP8", "0")
+    lean = load_model(GOLDEN, dtype=torch.bfloat16, quant_sim=True)
+    assert _drop_kept(lean) == 0  # nothing was kept
+    for a, b in zip(_logits(kept, golden_tokens), _logits(lean, golden_tokens), strict=True):
+        assert torch.equal(a, b)
