@@ -16,7 +16,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from subprocess import PIPE
@@ -31,6 +32,8 @@ COUNT_S_PER_CHAR = 0.21e-6
 PARSE_S_PER_CHAR = 0.24e-6
 OUTLINE_CHARS_PER_PARSED_CHAR = 0.09
 """Outline length per character parsed: the child counts every outline when it counts."""
+SEND_EVERY = 16
+"""Texts per message to the child while the caller goes on."""
 
 
 class BackgroundError(Exception):
@@ -117,6 +120,95 @@ class BackgroundAnalysis:
             raise BackgroundError(f"background analysis exited {self._proc.returncode}: {tail}")
         counts, plain_tags, outline_counts = marshal.loads(out)
         return Analysis(counts, [tags.FileTags.from_plain(t) for t in plain_tags], outline_counts)
+
+
+@dataclass
+class Done:
+    """What `Pending.finish` hands back."""
+
+    counts: list[int]
+    """Token counts of the texts, in order."""
+    tags: list[tags.FileTags]
+    """Tags of the files parsed in the background, in order."""
+    outline_counts: dict[str, int]
+    """Outline token counts taken in the background, by path."""
+    frame_counts: dict[str, int]
+    """Token counts of the frame strings, counted in the background."""
+    tokens_encoded: int
+    """Tokens counted in the background process (the rest is counted by the callables)."""
+
+
+class Pending:
+    """Counting and parsing started off the caller's thread: by a `BackgroundAnalysis`
+    (`job`, which also counts the `frame` strings and, as the caller reports them, the
+    outlines of the files it parses itself), by a worker thread (`future`), or already done
+    (`counts`)."""
+
+    def __init__(
+        self,
+        texts: list[str],
+        files: list[tuple[str, str]],
+        *,
+        job: BackgroundAnalysis | None = None,
+        frame: Sequence[str] = (),
+        counts: list[int] | None = None,
+        future: Future | None = None,
+        fallback: Callable[[list[str]], list[int]] | None = None,
+        rest: Callable[[list[str]], list[int]] | None = None,
+    ) -> None:
+        """`fallback` counts the texts if the job fails; `rest` counts what it declines."""
+        self._texts = texts
+        self.files = files
+        """(path, text) of the files parsed in the background: the last of the records."""
+        self._job = job
+        self._frame = list(frame)
+        self._counts = counts
+        self._future = future
+        self._fallback = fallback
+        self._rest = rest
+        self._outlines: list[tuple[str, str]] = []  # (path, chunk) sent to `job` to count
+        self._sent = 0
+
+    def outline_done(self, path: str, outline: str) -> None:
+        """A file parsed by the caller: the job counts its outline too (in batches)."""
+        if self._job is None or not self._texts or not outline:
+            return
+        self._outlines.append((path, packer.outline_chunk(path, outline)))
+        if len(self._outlines) - self._sent >= SEND_EVERY:
+            self._job.count([chunk for _, chunk in self._outlines[self._sent :]])
+            self._sent = len(self._outlines)
+
+    def finish(self) -> Done:
+        """Wait for everything started."""
+        if self._job is not None:
+            return self._finish_job(self._job)
+        counts = self._counts if self._future is None else self._future.result()
+        return Done(counts or [], [], {}, {}, 0)
+
+    def _finish_job(self, job: BackgroundAnalysis) -> Done:
+        assert self._fallback is not None and self._rest is not None
+        job.count([chunk for _, chunk in self._outlines[self._sent :]])
+        try:
+            analysis = job.result()
+        except BackgroundError:
+            parsed = [tags.extract(path, text) for path, text in self.files]
+            return Done(self._fallback(self._texts), parsed, {}, {}, 0)
+        strings = self._texts + self._frame + [chunk for _, chunk in self._outlines]
+        counts = analysis.counts
+        declined = [i for i, c in enumerate(counts) if c is None]
+        for i, c in zip(declined, self._rest([strings[i] for i in declined]), strict=True):
+            counts[i] = c
+        exact: list[int] = counts  # type: ignore[assignment]
+        n_texts, n_frame = len(self._texts), len(self._frame)
+        outlines = zip(self._outlines, exact[n_texts + n_frame :], strict=True)
+        outline_counts = {path: c for (path, _), c in outlines}
+        encoded = sum(exact)
+        for (path, _), c in zip(self.files, analysis.outline_counts, strict=True):
+            if c is not None:
+                outline_counts[path] = c
+                encoded += c
+        frame_counts = dict(zip(self._frame, exact[n_texts : n_texts + n_frame], strict=True))
+        return Done(exact[:n_texts], analysis.tags, outline_counts, frame_counts, encoded)
 
 
 def _main(argv: list[str]) -> None:

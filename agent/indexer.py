@@ -23,13 +23,13 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 from . import background, count_plan, index_cache, packer, ranking, secrets, tags, token_counter
-from .background import BackgroundAnalysis
+from .background import BackgroundAnalysis, Pending
 from .count_plan import CHARS_PER_TOKEN, Round
 from .fileset import Candidate, FileSetConfig, content_exclusion, list_files
 from .index_cache import CacheState, FileRecord
@@ -56,8 +56,6 @@ _SMALL_CHARS = 200_000
 # Counting everything up front while the repository's estimated tokens are at most this many
 # budgets: beyond, rounds that count only what the fit needs save more than they cost.
 _COUNT_ALL_OVERFLOW = 2.0
-# Texts per message to the background process while the scan goes on.
-_SEND_EVERY = 16
 # Path rules a `FileSetConfig.allow` entry cannot override: there is no text to show.
 _HARD_REASONS = ("binary", "submodule", "symlink")
 
@@ -258,10 +256,13 @@ class _Run:
         self.stats.files_parsed_in_background += len(pending.files)
         for n, i in enumerate(kept[:here]):
             drafts[i] = self._with_tags(drafts[i], tags.extract(drafts[i].path, drafts[i].text))
-            pending.outline_done(drafts[i])
+            pending.outline_done(drafts[i].path, drafts[i].outline)
             if n % 64 == 0:
                 self.progress("analyse", n, len(kept))
         done = pending.finish()
+        self.stats.tokens_encoded += done.tokens_encoded
+        self._early_counts = done.frame_counts
+        self._dirty |= bool(texts)
         for i, file_tags in zip(kept[here:], done.tags, strict=True):
             drafts[i] = self._with_tags(drafts[i], file_tags)
         self.progress("analyse", len(kept), len(kept))
@@ -290,7 +291,7 @@ class _Run:
                 if count_all:
                     texts.append(packer.full_chunk(rec.path, rec.text))
             drafts.append(rec)
-            if job is not None and len(texts) - sent >= _SEND_EVERY:
+            if job is not None and len(texts) - sent >= background.SEND_EVERY:
                 job.count(texts[sent:])
                 sent = len(texts)
         if job is not None:
@@ -442,7 +443,7 @@ class _Run:
 
     def _start_background(
         self, job: BackgroundAnalysis | None, texts: list[str], records: list[FileRecord]
-    ) -> _Pending:
+    ) -> Pending:
         """Start counting `texts`, and parsing the last `len(files)` of `records`, off this
         thread; `finish` waits for the counts and those files' tags.
 
@@ -462,13 +463,15 @@ class _Run:
             frame = self._frame_strings(records) if texts else []
             job.count(frame)
             job.parse(files)
-            return _Pending(self, texts, files, job=job, frame=frame)
+            return Pending(
+                texts, files, job=job, frame=frame, fallback=self._count, rest=self._count_official
+            )
         if sum(map(len, texts)) <= _SMALL_CHARS:
-            return _Pending(self, texts, [], counts=self._count(texts))
+            return Pending(texts, [], counts=self._count(texts))
         pool = ThreadPoolExecutor(max_workers=1)
         future = pool.submit(self._count, texts)
         pool.shutdown(wait=False)
-        return _Pending(self, texts, [], future=future)
+        return Pending(texts, [], future=future)
 
     def _count(self, texts: list[str]) -> list[int]:
         """Exact V4 token counts: by the in-process counter (`token_counter`: no 0.3-0.5 s
@@ -560,88 +563,6 @@ def _fingerprint(config: IndexConfig) -> str:
     except OSError:
         tok_id = str(tok)
     return repr((config.fileset, tok_id))
-
-
-@dataclass
-class _Done:
-    counts: list[int]
-    """Token counts of the texts, in order."""
-    tags: list[tags.FileTags]
-    """Tags of the files parsed elsewhere, in order."""
-    outline_counts: dict[str, int]
-    """Outline token counts taken by the background process, by path."""
-
-
-class _Pending:
-    """Counting and parsing started off this thread (`_Run._start_background`)."""
-
-    def __init__(
-        self,
-        run: _Run,
-        texts: list[str],
-        files: list[tuple[str, str]],
-        *,
-        job: BackgroundAnalysis | None = None,
-        frame: Sequence[str] = (),
-        counts: list[int] | None = None,
-        future: Future | None = None,
-    ) -> None:
-        self._run = run
-        self._texts = texts
-        self.files = files
-        """(path, text) of the files parsed elsewhere: the last ones of the records."""
-        self._job = job
-        self._frame = list(frame)
-        self._counts = counts
-        self._future = future
-        self._outlines: list[tuple[str, str]] = []  # (path, chunk) sent to `job` to count
-        self._sent = 0
-
-    def outline_done(self, rec: FileRecord) -> None:
-        """A file parsed here: the background process counts its outline too (in batches)."""
-        if self._job is None or not self._texts or not rec.outline:
-            return
-        self._outlines.append((rec.path, packer.outline_chunk(rec.path, rec.outline)))
-        if len(self._outlines) - self._sent >= _SEND_EVERY:
-            self._job.count([chunk for _, chunk in self._outlines[self._sent :]])
-            self._sent = len(self._outlines)
-
-    def finish(self) -> _Done:
-        """Wait for everything started."""
-        if self._job is not None:
-            return self._finish_job(self._job)
-        counts = self._counts if self._future is None else self._future.result()
-        return _Done(counts or [], [], {})
-
-    def _finish_job(self, job: BackgroundAnalysis) -> _Done:
-        """The background counts and tags; what it declined counted by the official
-        tokenizer, and everything done here if the child failed."""
-        run = self._run
-        job.count([chunk for _, chunk in self._outlines[self._sent :]])
-        try:
-            analysis = job.result()
-        except background.BackgroundError:
-            parsed = [tags.extract(path, text) for path, text in self.files]
-            return _Done(run._count(self._texts), parsed, {})
-        strings = self._texts + self._frame + [chunk for _, chunk in self._outlines]
-        counts = analysis.counts
-        rest = [i for i, c in enumerate(counts) if c is None]
-        for i, c in zip(rest, run._count_official([strings[i] for i in rest]), strict=True):
-            counts[i] = c
-        exact: list[int] = counts  # type: ignore[assignment]
-        if self._texts:
-            run._dirty = True
-        run.stats.tokens_encoded += sum(exact)
-        n_texts, n_frame = len(self._texts), len(self._frame)
-        run._early_counts = dict(zip(self._frame, exact[n_texts : n_texts + n_frame], strict=True))
-        outline_counts = {
-            path: c for (path, _), c in zip(self._outlines, exact[n_texts + n_frame :], strict=True)
-        }
-        for (path, _), c in zip(self.files, analysis.outline_counts, strict=True):
-            if c is not None:
-                outline_counts[path] = c
-                run.stats.tokens_encoded += c
-        return _Done(exact[:n_texts], analysis.tags, outline_counts)
 
 
 @functools.cache

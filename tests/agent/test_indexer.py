@@ -361,3 +361,25 @@ def _refuse_counter(*args):
 def _records(cache_dir: Path) -> dict:
     (path,) = cache_dir.glob("*.cache")
     return index_cache.load(path).records
+
+
+def test_a_failed_background_process_is_redone_here(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(indexer, "_official_loaded", lambda: None)
+    monkeypatch.setattr(indexer, "_SMALL_CHARS", 0)
+    monkeypatch.setattr(indexer.background, "CHILD_START_S", 0.0)
+    monkeypatch.setattr(indexer.background, "COUNT_S_PER_CHAR", 0.0)
+
+    finish = indexer.background.BackgroundAnalysis.result
+
+    def broken(self):
+        finish(self)  # the child ends; its answer is then lost
+        raise indexer.background.BackgroundError("background analysis exited 1: boom")
+
+    monkeypatch.setattr(indexer.background.BackgroundAnalysis, "result", broken)
+    failed = build_index(repo, cache_dir=tmp_path / "failed")
+    assert failed.stats.files_parsed_in_background > 0  # its share was parsed here instead
+    monkeypatch.undo()
+    assert failed.total_tokens == get_tokenizer().count(failed.text)
+    assert failed.text == build_index(repo, cache_dir=tmp_path / "fine").text
