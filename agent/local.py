@@ -128,7 +128,7 @@ class LocalBackend:
         if hasattr(self.session, "truncate") or not hasattr(self.session, "fork"):
             return reused
         if len(ids) - 1 > reused:
-            self.session.prefill(ids[reused:-1])
+            self.session.prefill(ids[reused:-1], logits="none")
         self.mark, self.mark_len = self.session.fork(), len(ids) - 1
         return len(ids) - 1
 

@@ -23,8 +23,9 @@ FinishReason = Literal["eos", "stop", "length"]
 class LogitsSession(Protocol):
     """The sequence state the loop drives (the engine's session satisfies it)."""
 
-    def prefill(self, ids: list[int]) -> torch.Tensor:
-        """Append `ids`; fp32 logits for every position, [len(ids), vocab]."""
+    def prefill(self, ids: list[int], logits: str = "all") -> torch.Tensor:
+        """Append `ids`; fp32 logits for every position, [len(ids), vocab], or with
+        `logits="last"` for the last one only, [1, vocab]."""
         ...
 
     def decode(self, token_id: int) -> torch.Tensor:
@@ -99,7 +100,7 @@ def generate(
     detok = IncrementalDetokenizer(tokenizer)
     stops = StopMatcher(params.stop)
     stop_ids = set(params.stop_token_ids)
-    logits = session.prefill(list(prompt_ids))[-1]
+    logits = session.prefill(list(prompt_ids), logits="last")[-1]
     count = 0
 
     def final(reason: FinishReason, text: str, token: int | None = None) -> GenerationEvent:

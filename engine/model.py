@@ -8,6 +8,7 @@ number of independent sessions can share one model.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,9 @@ from .config import ModelArgs
 from .numerics import Numerics
 from .state import LayerState, SequenceState
 from .weights import FP8Linear, Getter, linear_fp32, rms_norm
+
+LogitRows = Literal["all", "last", "none"]
+"""Which positions of a forward pass get logits."""
 
 
 @dataclass
@@ -107,16 +111,23 @@ class Model:
         return linear_fp32(y, self.head)
 
     @torch.inference_mode()
-    def forward(self, ids: torch.Tensor, state: SequenceState) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, ids: torch.Tensor, state: SequenceState, logits: LogitRows = "all"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """ids int64 [S] at positions state.pos… -> (logits fp32 [S, V], pre-hc_head streams
-        act [S, hc, D]); advances `state`."""
+        act [S, hc, D]); advances `state`. `logits`: "last" computes only the last row
+        ([1, V]) and "none" none ([0, V]): the head over a long prompt's every position would
+        cost more than the rest of the forward pass, and S x 129,280 fp32 values of memory."""
         nx, start = self.numerics, state.pos
         h = self.embed[ids].to(nx.dtype)
         h = h.unsqueeze(1).expand(-1, self.args.hc_mult, -1).contiguous()
         for block, layer_state in zip(self.layers, state.layers, strict=True):
             h = block(h, ids, start, layer_state, nx)
         state.pos = start + ids.shape[0]
-        return self.logits(h, self.head_mix, self.norm), h
+        if logits == "none":
+            return torch.empty(0, self.args.vocab_size, dtype=torch.float32), h
+        rows = h if logits == "all" else h[-1:]
+        return self.logits(rows, self.head_mix, self.norm), h
 
     @torch.inference_mode()
     def mtp_forward(self, h: torch.Tensor, ids: torch.Tensor, start: int, state: LayerState,

@@ -553,10 +553,11 @@ class _ReplaySession:
         self.model, self.pos = model, 0
         self._pending: list[int] = []
 
-    def prefill(self, ids: list[int]) -> torch.Tensor:
+    def prefill(self, ids: list[int], logits: str = "all") -> torch.Tensor:
         self.pos += len(ids)
         self._pending = self.model.next_script()
-        return self._next_logits().expand(len(ids), -1)
+        rows = {"all": len(ids), "last": 1, "none": 0}[logits]
+        return self._next_logits().expand(rows, -1)
 
     def decode(self, token_id: int) -> torch.Tensor:
         self.pos += 1

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .model import Model
+from .model import LogitRows, Model
 from .snapshots import SnapshotLog, SnapshotPolicy
 from .state import SequenceState
 
@@ -58,8 +58,13 @@ class Session:
         return ids
 
     # -- feeding tokens ----------------------------------------------------------------------
-    def prefill(self, token_ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
-        """Feed a chunk of tokens; fp32 logits [len, vocab], row i = after token i.
+    def prefill(
+        self, token_ids: Sequence[int] | torch.Tensor, logits: LogitRows = "all"
+    ) -> torch.Tensor:
+        """Feed a chunk of tokens; fp32 logits [len, vocab], row i = after token i. With
+        `logits="last"` only the last row ([1, vocab]), with "none" no row ([0, vocab]): what
+        a long prompt needs (all rows of a 1 M-token prompt would be ~500 GB). Then
+        `last_hidden` keeps the last position only.
 
         The chunk is split at the periodic snapshot positions so the state can be snapshotted
         there; the split changes nothing but rounding.
@@ -67,20 +72,23 @@ class Session:
         ids = self._ids(token_ids)
         if ids.numel() == 0:
             return torch.empty(0, self.model.args.vocab_size, dtype=torch.float32)
-        start = self.pos
-        logits, hidden = [], []
-        for end in self.policy.chunk_ends(start, start + ids.numel()):
+        start, total = self.pos, ids.numel()
+        out_rows, hidden = [], []
+        for end in self.policy.chunk_ends(start, start + total):
             chunk = ids[self.pos - start : end - start]
-            out, h = self.model.forward(chunk, self.state)
+            rows = logits if logits == "all" or end == start + total else "none"
+            out, h = self.model.forward(chunk, self.state, rows)
             self.tokens.extend(chunk.tolist())
-            logits.append(out)
-            hidden.append(h)
+            out_rows.append(out)
+            hidden.append(h if logits == "all" else h[-1:])
             if end % self.policy.interval == 0:
                 self.snapshots.add(self.state.snapshot())
-        if self.policy.at_prefill_end and ids.numel() > 1 and self.pos % self.policy.interval:
+        if self.policy.at_prefill_end and total > 1 and self.pos % self.policy.interval:
             self.snapshots.add(self.state.snapshot())
         self.last_hidden = hidden[0] if len(hidden) == 1 else torch.cat(hidden)
-        return logits[0] if len(logits) == 1 else torch.cat(logits)
+        if logits != "all":
+            self.last_hidden = hidden[-1]
+        return out_rows[0] if len(out_rows) == 1 else torch.cat(out_rows)
 
     def decode(self, token_id: int) -> torch.Tensor:
         """Feed one token; fp32 logits [vocab] for the next position."""
@@ -115,7 +123,7 @@ class Session:
         gap = self.tokens[self.pos : n]
         del self.tokens[self.pos :]
         if gap:
-            self.prefill(gap)
+            self.prefill(gap, logits="none")
         self.last_hidden = None
         return len(gap)
 

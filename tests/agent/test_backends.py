@@ -249,10 +249,11 @@ class ReplaySession:
     def __init__(self, model: ReplayModel, held: list[int] | None = None) -> None:
         self.model, self.held = model, list(held or [])
 
-    def prefill(self, ids: list[int]) -> torch.Tensor:
+    def prefill(self, ids: list[int], logits: str = "all") -> torch.Tensor:
         self.held += ids
         self.model.prefilled.append(len(ids))
-        return self.model.logits(new_turn=True).expand(len(ids), VOCAB_SIZE)
+        rows = {"all": len(ids), "last": 1, "none": 0}[logits]
+        return self.model.logits(new_turn=True).expand(rows, VOCAB_SIZE)
 
     def decode(self, token_id: int) -> torch.Tensor:
         self.held.append(token_id)

@@ -36,9 +36,10 @@ class FakeSession:
         logits[target] = 0.0
         return logits
 
-    def prefill(self, ids: list[int]) -> torch.Tensor:
+    def prefill(self, ids: list[int], logits: str = "all") -> torch.Tensor:
         self.model.prompts.append(list(ids))
-        return torch.stack([torch.zeros(VOCAB_SIZE)] * (len(ids) - 1) + [self._logits()])
+        rows = torch.stack([torch.zeros(VOCAB_SIZE)] * (len(ids) - 1) + [self._logits()])
+        return rows[{"all": 0, "last": -1, "none": len(ids)}[logits] :]
 
     def decode(self, token_id: int) -> torch.Tensor:
         if self.model.fail_at is not None and self.step + 1 >= self.model.fail_at:

@@ -21,6 +21,7 @@ class ScriptedSession:
         self.vocab = vocab
         self.fed: list[int] = []
         self.prefills: list[list[int]] = []
+        self.asked: list[str] = []  # the `logits` argument of each prefill
 
     def _logits(self) -> torch.Tensor:
         step = len(self.fed) - sum(len(p) for p in self.prefills)
@@ -29,14 +30,15 @@ class ScriptedSession:
         logits[target] = 10.0
         return logits
 
-    def prefill(self, ids: list[int]) -> torch.Tensor:
+    def prefill(self, ids: list[int], logits: str = "all") -> torch.Tensor:
         self.prefills.append(list(ids))
+        self.asked.append(logits)
         rows = []
         for tid in ids:
             self.fed.append(tid)
             rows.append(torch.zeros(self.vocab))
         rows[-1] = self._logits()
-        return torch.stack(rows)
+        return torch.stack(rows)[{"all": 0, "last": -1, "none": len(rows)}[logits] :]
 
     def decode(self, token_id: int) -> torch.Tensor:
         self.fed.append(token_id)
@@ -70,6 +72,8 @@ def test_eos_finishes_and_text_matches_decode():
     assert text_of(events) == tok.decode(script)
     # The loop decodes every generated token but the last one into the session.
     assert session.fed == [0, 5, *script]
+    # The prompt's logits are asked for its last position only.
+    assert session.asked == ["last"]
 
 
 def test_length_limit():

@@ -23,7 +23,7 @@ class FakeSession:
     def pos(self) -> int:
         return len(self.tokens)
 
-    def prefill(self, ids: list[int]) -> None:
+    def prefill(self, ids: list[int], logits: str = "all") -> None:
         self.tokens += list(ids)
 
     def fork(self) -> FakeSession:
