@@ -25,10 +25,12 @@ from subprocess import PIPE
 from . import packer, tags, token_counter
 
 # CPU cost model (seconds), measured on a 2-core x86 VM over the source trees of setuptools
-# and rich (Python): it only balances the two processes, so it need not be exact.
-CHILD_START_S = 0.18
+# and rich (Python), timing when each process ends: it only balances the two, so it need
+# not be exact.
+CHILD_START_S = 0.2
 """Interpreter start, imports and the counter's tables."""
-COUNT_S_PER_CHAR = 0.21e-6
+COUNT_S_PER_CHAR = 0.26e-6
+"""Counting, reading the texts off the pipe included."""
 PARSE_S_PER_CHAR = 0.24e-6
 OUTLINE_CHARS_PER_PARSED_CHAR = 0.09
 """Outline length per character parsed: the child counts every outline when it counts."""
