@@ -316,10 +316,7 @@ def test_an_edit_that_keeps_the_graph_reuses_the_ranking(repo: Path, cache: Path
 def test_a_cold_run_counts_in_a_background_process_exactly(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # As in a fresh process, with a repository large enough to count in the background.
-    monkeypatch.setattr(indexer, "_official_loaded", lambda: None)
-    monkeypatch.setattr(indexer, "get_official_tokenizer", _refuse_official)
-    monkeypatch.setattr(indexer, "_SMALL_CHARS", 0)
+    _background_run(monkeypatch)
     index = build_index(repo, cache_dir=tmp_path / "bg")
     monkeypatch.undo()
     assert index.stats.files_analysed > 5 and index.stats.tokens_encoded > 0
@@ -330,12 +327,7 @@ def test_a_cold_run_counts_in_a_background_process_exactly(
 def test_files_parsed_in_the_background_get_the_same_records(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # As in a fresh process, with the child's start-up and counting deemed free: it takes a share.
-    monkeypatch.setattr(indexer, "_official_loaded", lambda: None)
-    monkeypatch.setattr(indexer, "get_official_tokenizer", _refuse_official)
-    monkeypatch.setattr(indexer, "_SMALL_CHARS", 0)
-    monkeypatch.setattr(indexer.background, "CHILD_START_S", 0.0)
-    monkeypatch.setattr(indexer.background, "COUNT_S_PER_CHAR", 0.0)
+    _background_run(monkeypatch, child_parses=True)
     # Everything, the frame and tree lines included, is counted in the child.
     monkeypatch.setattr(indexer.token_counter, "load", _refuse_counter)
     split = build_index(repo, cache_dir=tmp_path / "split")
@@ -354,6 +346,21 @@ def test_files_parsed_in_the_background_get_the_same_records(
     assert unset == alone_records
 
 
+def _background_run(
+    monkeypatch: pytest.MonkeyPatch, *, child_parses: bool = False, refuse_official: bool = True
+) -> None:
+    """As in a fresh process (the official tokenizer not loaded), with a repository large
+    enough to count in the background. `child_parses`: the child's start-up and counting
+    deemed free, so it takes a parsing share."""
+    monkeypatch.setattr(indexer, "_official_loaded", lambda: None)
+    if refuse_official:
+        monkeypatch.setattr(indexer, "get_official_tokenizer", _refuse_official)
+    monkeypatch.setattr(indexer, "_SMALL_CHARS", 0)
+    if child_parses:
+        monkeypatch.setattr(indexer.background, "CHILD_START_S", 0.0)
+        monkeypatch.setattr(indexer.background, "COUNT_S_PER_CHAR", 0.0)
+
+
 def _refuse_counter(*args):
     raise AssertionError("the in-process counter was loaded in a cold background run")
 
@@ -366,10 +373,7 @@ def _records(cache_dir: Path) -> dict:
 def test_a_failed_background_process_is_redone_here(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(indexer, "_official_loaded", lambda: None)
-    monkeypatch.setattr(indexer, "_SMALL_CHARS", 0)
-    monkeypatch.setattr(indexer.background, "CHILD_START_S", 0.0)
-    monkeypatch.setattr(indexer.background, "COUNT_S_PER_CHAR", 0.0)
+    _background_run(monkeypatch, child_parses=True, refuse_official=False)
 
     finish = indexer.background.BackgroundAnalysis.result
 
