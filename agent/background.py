@@ -5,13 +5,19 @@ A cold index spends nearly all its time in two loops that hold the GIL: the toke
 (pure Python) and tree-sitter (its bindings do not release the GIL while parsing), so a
 thread would not help. A child process started with the counter's tables counts every text
 it is given and parses a share of the files, sized (`child_share`) so that the child and the
-parent, which parses the rest meanwhile, finish at about the same time.
+parent, which parses the rest meanwhile, finish at about the same time. Whichever ends
+first, the estimate is corrected at the end: once the parent has parsed its files, it takes
+over the tail of what the child has not counted yet (`Pending.finish`), through two
+counters the processes share (how far the child has counted; where it must stop).
 """
 
 from __future__ import annotations
 
 import marshal
+import mmap
+import os
 import queue
+import struct
 import subprocess
 import sys
 import threading
@@ -29,13 +35,22 @@ from . import packer, tags, token_counter
 # not be exact.
 CHILD_START_S = 0.2
 """Interpreter start, imports and the counter's tables."""
-COUNT_S_PER_CHAR = 0.26e-6
+COUNT_S_PER_CHAR = 0.2e-6
 """Counting, reading the texts off the pipe included."""
 PARSE_S_PER_CHAR = 0.24e-6
 OUTLINE_CHARS_PER_PARSED_CHAR = 0.09
 """Outline length per character parsed: the child counts every outline when it counts."""
 SEND_EVERY = 16
 """Texts per message to the child while the caller goes on."""
+PARENT_COUNT_SLOWDOWN = 1.6
+"""The parent's counting cost per character over the child's: its word cache starts empty
+where the child's holds every word counted so far."""
+PARENT_TABLES_S = 0.06
+"""Reading the counter's tables in the parent, when it has not yet."""
+
+# The shared counters: int64 slots in one page of memory (a memfd passed to the child).
+_DONE, _STOP = 0, 8
+_NEVER = 1 << 62
 
 
 class BackgroundError(Exception):
@@ -51,6 +66,23 @@ class Analysis:
     outline_counts: list[int | None]
     """Per file, the token count of its outline chunk (`packer.outline_chunk`; 0 without an
     outline), or None when not counted (no tables given, or declined)."""
+
+
+def parent_tail(sizes: Sequence[int], done: int, parent_ready: bool) -> int:
+    """Where the parent should start counting, in items of `sizes` characters (the
+    child has counted `done` of them), for both to finish at about the same time; len(sizes)
+    when taking over would not pay. `parent_ready`: the parent already holds the tables."""
+    left = sum(sizes[done:]) * COUNT_S_PER_CHAR  # the child's time to finish alone
+    own = 0.0 if parent_ready else PARENT_TABLES_S
+    start = len(sizes)
+    while start > done:
+        cost = sizes[start - 1] * COUNT_S_PER_CHAR
+        if own + cost * PARENT_COUNT_SLOWDOWN >= left:
+            break  # taking this item too would not end the longer of the two sooner
+        own += cost * PARENT_COUNT_SLOWDOWN
+        left -= cost
+        start -= 1
+    return start
 
 
 def child_share(parse_chars: Sequence[int], count_chars: int, started_s: float = 0.0) -> int:
@@ -82,8 +114,15 @@ class BackgroundAnalysis:
 
     def __init__(self, tables: Path | None) -> None:
         """`tables`: the counter's table file (`token_counter.table_file`), needed to count."""
-        cmd = [sys.executable, "-m", "dsv4.agent.background", str(tables or "-")]
-        self._proc = subprocess.Popen(cmd, stdin=PIPE, stdout=PIPE, stderr=PIPE)
+        self._shared, fd = _shared_counters()
+        cmd = [sys.executable, "-m", "dsv4.agent.background", str(tables or "-"), str(fd)]
+        try:
+            self._proc = subprocess.Popen(
+                cmd, stdin=PIPE, stdout=PIPE, stderr=PIPE, pass_fds=(fd,) if fd >= 0 else ()
+            )
+        finally:
+            if fd >= 0:
+                os.close(fd)  # the mapping stays
         self.started = time.perf_counter()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write, daemon=True)
@@ -98,6 +137,18 @@ class BackgroundAnalysis:
         """(path, text) files to extract the tags of (in the order sent)."""
         if files:
             self._queue.put(("parse", files))
+
+    def counted(self) -> int:
+        """How many of the texts sent the child has counted so far (0 if unknown)."""
+        return 0 if self._shared is None else struct.unpack_from("<q", self._shared, _DONE)[0]
+
+    def stop_at(self, index: int) -> bool:
+        """Ask the child to count no text from `index` on (it may have passed it already:
+        `result` then holds more counts). False when the child cannot be told."""
+        if self._shared is None:
+            return False
+        struct.pack_into("<q", self._shared, _STOP, index)
+        return True
 
     def _write(self) -> None:
         """Send each message as it comes: an 8-byte length, then the marshal'd message."""
@@ -157,8 +208,11 @@ class Pending:
         future: Future | None = None,
         fallback: Callable[[list[str]], list[int]] | None = None,
         rest: Callable[[list[str]], list[int]] | None = None,
+        parent_ready: bool = False,
     ) -> None:
-        """`fallback` counts the texts if the job fails; `rest` counts what it declines."""
+        """`fallback` counts here (the texts if the job fails, the tail of its work it is
+        relieved of), `rest` what the job declines; `parent_ready`: `fallback` needs no
+        start-up (the counter's tables are loaded here already)."""
         self._texts = texts
         self.files = files
         """(path, text) of the files parsed in the background: the last of the records."""
@@ -168,6 +222,7 @@ class Pending:
         self._future = future
         self._fallback = fallback
         self._rest = rest
+        self._parent_ready = parent_ready
         self._outlines: list[tuple[str, str]] = []  # (path, chunk) sent to `job` to count
         self._sent = 0
 
@@ -188,23 +243,34 @@ class Pending:
         return Done(counts or [], [], {}, {}, 0)
 
     def _finish_job(self, job: BackgroundAnalysis) -> Done:
+        """Wait for the child, counting the tail of its work here first when that ends
+        sooner (`parent_tail`); `fallback` counts here, `rest` what the child declined."""
         assert self._fallback is not None and self._rest is not None
         job.count([chunk for _, chunk in self._outlines[self._sent :]])
+        strings = self._texts + self._frame + [chunk for _, chunk in self._outlines]
+        start = parent_tail([len(s) for s in strings], job.counted(), self._parent_ready)
+        tail: list[int] = []
+        if start < len(strings) and job.stop_at(start):
+            tail = self._fallback(strings[start:])
+        start = len(strings) - len(tail)
         try:
             analysis = job.result()
         except BackgroundError:
             parsed = [tags.extract(path, text) for path, text in self.files]
             return Done(self._fallback(self._texts), parsed, {}, {}, 0)
-        strings = self._texts + self._frame + [chunk for _, chunk in self._outlines]
-        counts = analysis.counts
+        counts = analysis.counts[:start]  # the child may have gone past `start` meanwhile
+        by_child = len(counts)
         declined = [i for i, c in enumerate(counts) if c is None]
         for i, c in zip(declined, self._rest([strings[i] for i in declined]), strict=True):
             counts[i] = c
+        # Counted here (and so in the caller's figures already): where the child stopped
+        # short of `start` (it cannot, but nothing depends on that), and the tail.
+        counts += self._fallback(strings[by_child:start]) + tail
         exact: list[int] = counts  # type: ignore[assignment]
+        encoded = sum(exact[:by_child])
         n_texts, n_frame = len(self._texts), len(self._frame)
         outlines = zip(self._outlines, exact[n_texts + n_frame :], strict=True)
         outline_counts = {path: c for (path, _), c in outlines}
-        encoded = sum(exact)
         for (path, _), c in zip(self.files, analysis.outline_counts, strict=True):
             if c is not None:
                 outline_counts[path] = c
@@ -213,11 +279,31 @@ class Pending:
         return Done(exact[:n_texts], analysis.tags, outline_counts, frame_counts, encoded)
 
 
+def _shared_counters() -> tuple[mmap.mmap | None, int]:
+    """A page of shared memory (counted so far: 0, stop at: never) and a descriptor of it
+    for the child; (None, -1) where the system has no memfd."""
+    try:
+        fd = os.memfd_create("dsv4-background")
+    except (AttributeError, OSError):
+        return None, -1
+    try:
+        os.ftruncate(fd, mmap.PAGESIZE)
+        shared = mmap.mmap(fd, mmap.PAGESIZE)
+    except OSError:
+        os.close(fd)
+        return None, -1
+    struct.pack_into("<qq", shared, 0, 0, _NEVER)
+    return shared, fd
+
+
 def _main(argv: list[str]) -> None:
-    """`python -m dsv4.agent.background TABLES`: length-prefixed marshal'd ("count", texts)
-    and ("parse", files) messages on stdin until it closes; marshal'd (counts, plain tags,
-    outline counts) out. TABLES `-`: nothing to count."""
+    """`python -m dsv4.agent.background TABLES FD`: length-prefixed marshal'd ("count",
+    texts) and ("parse", files) messages on stdin until it closes; marshal'd (counts, plain
+    tags, outline counts) out. TABLES `-`: nothing to count. FD (-1: none): the shared
+    counters, where the child records how many texts it has counted and reads where to
+    stop (its counts then end there, or a little later)."""
     tables = None if argv[1] == "-" else Path(argv[1])
+    shared = None if argv[2] == "-1" else mmap.mmap(int(argv[2]), mmap.PAGESIZE)
     counter: token_counter.TokenCounter | None = None
     counts: list[int | None] = []
     plain: list[tuple] = []
@@ -228,7 +314,14 @@ def _main(argv: list[str]) -> None:
         if counter is None and tables is not None:
             counter = token_counter.from_table_file(tables)
         if kind == "count":
-            counts += [counter.count(t) if counter else None for t in items]
+            if shared is None:
+                counts += [counter.count(t) if counter else None for t in items]
+                continue
+            for text in items:
+                if len(counts) >= struct.unpack_from("<q", shared, _STOP)[0]:
+                    break  # the parent counts the rest
+                counts.append(counter.count(text) if counter else None)
+                struct.pack_into("<q", shared, _DONE, len(counts))
             continue
         for path, text in items:
             file_tags = tags.extract(path, text)

@@ -464,7 +464,13 @@ class _Run:
             job.count(frame)
             job.parse(files)
             return Pending(
-                texts, files, job=job, frame=frame, fallback=self._count, rest=self._count_official
+                texts,
+                files,
+                job=job,
+                frame=frame,
+                fallback=self._count,
+                rest=self._count_official,
+                parent_ready=self._counter is not None or self._tokenizer is not None,
             )
         if sum(map(len, texts)) <= _SMALL_CHARS:
             return Pending(texts, [], counts=self._count(texts))

@@ -80,3 +80,83 @@ def test_no_share_when_counting_alone_fills_the_child() -> None:
     assert background.child_share([50_000] * 10, count_chars=10_000_000) == 0
     assert background.child_share([1_000] * 3, count_chars=0) == 0  # start-up outweighs it
     assert background.child_share([0] * 10, count_chars=0) == 0  # nothing to parse
+
+
+def test_the_child_stops_where_it_is_told(tmp_path: Path) -> None:
+    tables = token_counter.table_file(default_tokenizer_file(), tmp_path)
+    texts = [text for _, text in _FILES]
+    job = background.BackgroundAnalysis(tables)
+    assert job.stop_at(2)
+    job.count(texts[:3])
+    job.count(texts[3:])
+    got = job.result()
+    assert got.counts == get_tokenizer().count_batch(texts[:2])
+    assert job.counted() == 2
+
+
+def test_the_child_reports_how_far_it_has_counted(tmp_path: Path) -> None:
+    tables = token_counter.table_file(default_tokenizer_file(), tmp_path)
+    job = background.BackgroundAnalysis(tables)
+    assert job.counted() == 0
+    job.count([text for _, text in _FILES])
+    assert len(job.result().counts) == job.counted() == len(_FILES)
+
+
+def _counting_here(calls: list[list[str]]):
+    def count(texts: list[str]) -> list[int]:
+        calls.append(list(texts))
+        return get_tokenizer().count_batch(texts) if texts else []
+
+    return count
+
+
+@pytest.mark.parametrize("child_stops_at", [None, 1])
+def test_the_parent_counts_the_tail_and_any_gap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, child_stops_at: int | None
+) -> None:
+    """The parent takes over from item 3 (of texts, frame and outlines); the counts are
+    exact and in order whether the child stops there or (it cannot, but nothing relies on
+    that) earlier; only the child's counts are reported as encoded in the background."""
+    tables = token_counter.table_file(default_tokenizer_file(), tmp_path)
+    texts = [text for _, text in _FILES[:3]]
+    frame = ["<repository name=x>\n", "</repository>\n"]
+    monkeypatch.setattr(background, "parent_tail", lambda sizes, done, ready: 3)
+    if child_stops_at is not None:
+        real = background.BackgroundAnalysis.stop_at
+        monkeypatch.setattr(
+            background.BackgroundAnalysis, "stop_at", lambda job, i: real(job, child_stops_at)
+        )
+    calls: list[list[str]] = []
+    count_here = _counting_here(calls)
+    job = background.BackgroundAnalysis(tables)
+    job.count(texts)  # in the indexer's order: texts, frame, then outlines as they come
+    job.count(frame)
+    pending = background.Pending(
+        texts, [], job=job, frame=frame, fallback=count_here, rest=count_here
+    )
+    pending.outline_done("pkg/a.py", "    1| class A:\n")
+    done = pending.finish()
+    strings = texts + frame + [background.packer.outline_chunk("pkg/a.py", "    1| class A:\n")]
+    expected = get_tokenizer().count_batch(strings)
+    assert done.counts == expected[:3]
+    assert done.frame_counts == dict(zip(frame, expected[3:5], strict=True))
+    assert done.outline_counts == {"pkg/a.py": expected[5]}
+    stop = 3 if child_stops_at is None else child_stops_at
+    assert calls[0] == strings[3:]  # the tail, while the child counts the rest
+    assert [s for call in calls[1:] for s in call] == strings[stop:3]
+    assert done.tokens_encoded == sum(expected[:stop])
+
+
+def test_the_parent_takes_the_tail_only_when_that_ends_sooner() -> None:
+    chars = [200_000] * 10
+    assert background.parent_tail(chars, done=10, parent_ready=True) == 10  # nothing left
+    assert background.parent_tail(chars, done=9, parent_ready=True) == 10  # one item: no gain
+    start = background.parent_tail(chars, done=0, parent_ready=True)
+    assert 5 < start < 10  # the parent counts more slowly: less than half
+    left = (start - 0) * 200_000 * background.COUNT_S_PER_CHAR
+    own = (10 - start) * 200_000 * background.COUNT_S_PER_CHAR * background.PARENT_COUNT_SLOWDOWN
+    step = 200_000 * background.COUNT_S_PER_CHAR * background.PARENT_COUNT_SLOWDOWN
+    assert abs(left - own) <= step  # neither could give the other one more and finish sooner
+    # The tables to read first make the parent take less.
+    assert background.parent_tail(chars, done=0, parent_ready=False) >= start
+    assert background.parent_tail([10_000] * 10, done=0, parent_ready=False) == 10
