@@ -5,9 +5,9 @@ A cold index spends nearly all its time in two loops that hold the GIL: the toke
 (pure Python) and tree-sitter (its bindings do not release the GIL while parsing), so a
 thread would not help. A child process started with the counter's tables counts every text
 it is given and parses a share of the files, sized (`child_share`) so that the child and the
-parent, which parses the rest meanwhile, finish at about the same time. Whichever ends
-first, the estimate is corrected at the end: once the parent has parsed its files, it takes
-over the tail of what the child has not counted yet (`Pending.finish`), through two
+parent, which parses the rest meanwhile, finish at about the same time. The estimate is
+corrected at the end: once the parent has parsed its files, it counts the child's texts
+from the last one back, one at a time, until the two meet (`Pending.finish`), through two
 counters the processes share (how far the child has counted; where it must stop).
 """
 
@@ -42,9 +42,6 @@ OUTLINE_CHARS_PER_PARSED_CHAR = 0.09
 """Outline length per character parsed: the child counts every outline when it counts."""
 SEND_EVERY = 16
 """Texts per message to the child while the caller goes on."""
-PARENT_COUNT_SLOWDOWN = 1.6
-"""The parent's counting cost per character over the child's: its word cache starts empty
-where the child's holds every word counted so far."""
 PARENT_TABLES_S = 0.06
 """Reading the counter's tables in the parent, when it has not yet."""
 
@@ -68,21 +65,10 @@ class Analysis:
     outline), or None when not counted (no tables given, or declined)."""
 
 
-def parent_tail(sizes: Sequence[int], done: int, parent_ready: bool) -> int:
-    """Where the parent should start counting, in items of `sizes` characters (the
-    child has counted `done` of them), for both to finish at about the same time; len(sizes)
-    when taking over would not pay. `parent_ready`: the parent already holds the tables."""
-    left = sum(sizes[done:]) * COUNT_S_PER_CHAR  # the child's time to finish alone
-    own = 0.0 if parent_ready else PARENT_TABLES_S
-    start = len(sizes)
-    while start > done:
-        cost = sizes[start - 1] * COUNT_S_PER_CHAR
-        if own + cost * PARENT_COUNT_SLOWDOWN >= left:
-            break  # taking this item too would not end the longer of the two sooner
-        own += cost * PARENT_COUNT_SLOWDOWN
-        left -= cost
-        start -= 1
-    return start
+def worth_taking_over(chars_left: int, parent_ready: bool) -> bool:
+    """Whether the parent, done with its own work, should count the tail of the child's:
+    yes unless the child will be done before the parent has read the counter's tables."""
+    return parent_ready or chars_left * COUNT_S_PER_CHAR > PARENT_TABLES_S
 
 
 def child_share(parse_chars: Sequence[int], count_chars: int, started_s: float = 0.0) -> int:
@@ -243,28 +229,35 @@ class Pending:
         return Done(counts or [], [], {}, {}, 0)
 
     def _finish_job(self, job: BackgroundAnalysis) -> Done:
-        """Wait for the child, counting the tail of its work here first when that ends
-        sooner (`parent_tail`); `fallback` counts here, `rest` what the child declined."""
+        """Wait for the child, meanwhile counting here from the last text back until the
+        child has reached the next one (`fallback` counts here, `rest` what the child
+        declines)."""
         assert self._fallback is not None and self._rest is not None
         job.count([chunk for _, chunk in self._outlines[self._sent :]])
         strings = self._texts + self._frame + [chunk for _, chunk in self._outlines]
-        start = parent_tail([len(s) for s in strings], job.counted(), self._parent_ready)
-        tail: list[int] = []
-        if start < len(strings) and job.stop_at(start):
-            tail = self._fallback(strings[start:])
-        start = len(strings) - len(tail)
+        start = len(strings)  # strings[start:] are counted here
+        tail: list[int] = []  # their counts, last first
+        left = sum(map(len, strings[job.counted() :]))
+        if worth_taking_over(left, self._parent_ready) and job.stop_at(start):
+            while start > 0:
+                job.stop_at(start - 1)  # the child counts no more from there
+                if job.counted() >= start:
+                    break  # it had got there first (it may also count the one claimed)
+                tail += self._fallback([strings[start - 1]])
+                start -= 1
+        tail.reverse()
         try:
             analysis = job.result()
         except BackgroundError:
             parsed = [tags.extract(path, text) for path, text in self.files]
             return Done(self._fallback(self._texts), parsed, {}, {}, 0)
-        counts = analysis.counts[:start]  # the child may have gone past `start` meanwhile
+        counts = analysis.counts[:start]  # it may have counted the one claimed last too
         by_child = len(counts)
         declined = [i for i, c in enumerate(counts) if c is None]
         for i, c in zip(declined, self._rest([strings[i] for i in declined]), strict=True):
             counts[i] = c
-        # Counted here (and so in the caller's figures already): where the child stopped
-        # short of `start` (it cannot, but nothing depends on that), and the tail.
+        # Counted here (and so in the caller's figures already): the tail, and anything the
+        # child left before it (it stops only past `start`; nothing relies on that).
         counts += self._fallback(strings[by_child:start]) + tail
         exact: list[int] = counts  # type: ignore[assignment]
         encoded = sum(exact[:by_child])

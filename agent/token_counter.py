@@ -43,7 +43,7 @@ from .packer import SPECIAL_TOKEN as _SPECIAL
 # Longer pre-tokens (a run of thousands of spaces or dashes) go to the official tokenizer.
 _MAX_PIECE = 256
 # Bump when the table layout changes.
-_TABLE_VERSION = 2
+_TABLE_VERSION = 3
 _SHIFT = 20  # bits per symbol id in a packed pair key (ids < 2**17)
 _ID_MASK = (1 << _SHIFT) - 1
 _NO_MERGE = 1 << 62  # above every packed (rank, id) value
@@ -108,6 +108,10 @@ class _Tables:
     """(left << _SHIFT | right) -> (rank << _SHIFT | merged id)."""
     patterns: list[str]
     """The pre-tokenizer's Split regexes, in order, as written in tokenizer.json."""
+    byte_pairs: list[int]
+    """`merges` of the symbols of two bytes, by (first byte << 8 | second byte); _NO_MERGE
+    where they do not merge (every piece starts as bytes: one list index per pair instead of
+    a shift and a dict lookup)."""
 
 
 class TokenCounter:
@@ -179,19 +183,21 @@ class TokenCounter:
         """Symbols left once BPE has merged the piece's bytes (lowest merge rank first, the
         leftmost pair on ties), the rank of each adjacent pair kept and updated next to a
         merge only."""
-        byte_ids = self._tables.byte_ids
-        ids = [byte_ids[b] for b in piece.encode("utf-8")]
-        if len(ids) < 2:
-            return len(ids)
-        get = self._tables.merges.get
-        ranks = [get(a << _SHIFT | b, _NO_MERGE) for a, b in zip(ids, ids[1:], strict=False)]
+        raw = piece.encode("utf-8")
+        if len(raw) < 2:
+            return len(raw)
+        tables = self._tables
+        byte_ids, byte_pairs, get = tables.byte_ids, tables.byte_pairs, tables.merges.get
+        ids = [byte_ids[b] for b in raw]
+        ranks = [byte_pairs[a << 8 | b] for a, b in zip(raw, raw[1:], strict=False)]
         while True:
             best = min(ranks)
             if best == _NO_MERGE:
                 return len(ids)
             i = ranks.index(best)
             merged = best & _ID_MASK
-            ids[i : i + 2] = [merged]
+            ids[i] = merged
+            del ids[i + 1]
             del ranks[i]
             if not ranks:
                 return 1
@@ -234,8 +240,8 @@ def _table_path(tokenizer_file: Path, cache_dir: Path) -> Path:
 
 
 def _read_tables(path: Path) -> _Tables:
-    byte_ids, merges, patterns = marshal.loads(path.read_bytes())
-    return _Tables(byte_ids, merges, patterns)
+    byte_ids, merges, patterns, byte_pairs = marshal.loads(path.read_bytes())
+    return _Tables(byte_ids, merges, patterns, byte_pairs)
 
 
 def _cut_before(text: str, lo: int, at: int) -> int:
@@ -292,7 +298,7 @@ def _byte_alphabet() -> list[str]:
     return [chars[b] for b in range(256)]
 
 
-def _build_tables(tokenizer_file: Path) -> tuple[list[int], dict[int, int], list[str]]:
+def _build_tables(tokenizer_file: Path) -> tuple[list[int], dict[int, int], list[str], list[int]]:
     with open(tokenizer_file, encoding="utf-8") as fh:
         spec = json.load(fh)
     patterns = split_patterns(spec["pre_tokenizer"], tokenizer_file)
@@ -304,7 +310,15 @@ def _build_tables(tokenizer_file: Path) -> tuple[list[int], dict[int, int], list
         left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
         key = vocab[left] << _SHIFT | vocab[right]
         merges.setdefault(key, rank << _SHIFT | vocab[left + right])
-    return byte_ids, merges, patterns
+    return byte_ids, merges, patterns, byte_pair_merges(byte_ids, merges)
+
+
+def byte_pair_merges(byte_ids: list[int], merges: dict[int, int]) -> list[int]:
+    """`_Tables.byte_pairs` for these byte symbols and merges."""
+    return [
+        merges.get(byte_ids[pair >> 8] << _SHIFT | byte_ids[pair & 0xFF], _NO_MERGE)
+        for pair in range(1 << 16)
+    ]
 
 
 def split_patterns(pre_tokenizer: dict, source: Path) -> list[str]:

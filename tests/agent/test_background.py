@@ -110,53 +110,104 @@ def _counting_here(calls: list[list[str]]):
     return count
 
 
-@pytest.mark.parametrize("child_stops_at", [None, 1])
-def test_the_parent_counts_the_tail_and_any_gap(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, child_stops_at: int | None
-) -> None:
-    """The parent takes over from item 3 (of texts, frame and outlines); the counts are
-    exact and in order whether the child stops there or (it cannot, but nothing relies on
-    that) earlier; only the child's counts are reported as encoded in the background."""
-    tables = token_counter.table_file(default_tokenizer_file(), tmp_path)
-    texts = [text for _, text in _FILES[:3]]
-    frame = ["<repository name=x>\n", "</repository>\n"]
-    monkeypatch.setattr(background, "parent_tail", lambda sizes, done, ready: 3)
-    if child_stops_at is not None:
-        real = background.BackgroundAnalysis.stop_at
-        monkeypatch.setattr(
-            background.BackgroundAnalysis, "stop_at", lambda job, i: real(job, child_stops_at)
-        )
-    calls: list[list[str]] = []
-    count_here = _counting_here(calls)
-    job = background.BackgroundAnalysis(tables)
-    job.count(texts)  # in the indexer's order: texts, frame, then outlines as they come
-    job.count(frame)
+class _RacingChild:
+    """A stand-in for the background process: it has counted `done` texts when first asked
+    and counts one more each time it is asked again (as a child running alongside would),
+    never past where it is told to stop."""
+
+    def __init__(self, done: int, fail: bool = False) -> None:
+        self.sent: list[str] = []
+        self.done, self.stop, self.fail = done, 1 << 62, fail
+
+    def count(self, texts: list[str]) -> None:
+        self.sent += texts
+
+    def counted(self) -> int:
+        reached = self.done
+        self.done = min(self.done + 1, len(self.sent), max(self.stop, self.done))
+        return reached
+
+    def stop_at(self, index: int) -> bool:
+        self.stop = index
+        return True
+
+    def result(self) -> background.Analysis:
+        if self.fail:
+            raise background.BackgroundError("exited 1")
+        while self.done < min(self.stop, len(self.sent)):
+            self.done += 1
+        return background.Analysis(get_tokenizer().count_batch(self.sent[: self.done]), [], [])
+
+
+_TEXTS = [text for _, text in _FILES]
+_FRAME = ["<repository name=x>\n", "</repository>\n"]
+_OUTLINE = "    1| class A:\n"
+
+
+def _pending(job, calls: list[list[str]], parent_ready: bool = True) -> background.Pending:
+    job.count(_TEXTS)  # in the indexer's order: texts, frame, then outlines as they come
+    job.count(_FRAME)
+    here = _counting_here(calls)
     pending = background.Pending(
-        texts, [], job=job, frame=frame, fallback=count_here, rest=count_here
+        _TEXTS, [], job=job, frame=_FRAME, fallback=here, rest=here, parent_ready=parent_ready
     )
-    pending.outline_done("pkg/a.py", "    1| class A:\n")
-    done = pending.finish()
-    strings = texts + frame + [background.packer.outline_chunk("pkg/a.py", "    1| class A:\n")]
+    pending.outline_done("pkg/a.py", _OUTLINE)
+    return pending
+
+
+def _all_strings() -> list[str]:
+    return _TEXTS + _FRAME + [background.packer.outline_chunk("pkg/a.py", _OUTLINE)]
+
+
+@pytest.mark.parametrize("done", [0, 3, 6, 8])
+def test_the_parent_counts_back_from_the_last_text_until_the_child_reaches_it(
+    done: int,
+) -> None:
+    """The counts are exact and in order wherever the two meet; the parent counts only
+    what the child had not reached, last first, and reports only the child's counts as
+    counted in the background."""
+    calls: list[list[str]] = []
+    job = _RacingChild(done)
+    got = _pending(job, calls).finish()
+    strings = _all_strings()
     expected = get_tokenizer().count_batch(strings)
-    assert done.counts == expected[:3]
-    assert done.frame_counts == dict(zip(frame, expected[3:5], strict=True))
-    assert done.outline_counts == {"pkg/a.py": expected[5]}
-    stop = 3 if child_stops_at is None else child_stops_at
-    assert calls[0] == strings[3:]  # the tail, while the child counts the rest
-    assert [s for call in calls[1:] for s in call] == strings[stop:3]
-    assert done.tokens_encoded == sum(expected[:stop])
+    assert got.counts == expected[: len(_TEXTS)]
+    assert got.frame_counts == dict(zip(_FRAME, expected[5:7], strict=True))
+    assert got.outline_counts == {"pkg/a.py": expected[7]}
+    here = [s for call in calls for s in call]
+    met = len(strings) - len(here)
+    assert here == strings[met:][::-1]  # one at a time, from the last
+    assert done <= met  # never what the child had counted before the parent began
+    assert got.tokens_encoded == sum(expected[:met])
 
 
-def test_the_parent_takes_the_tail_only_when_that_ends_sooner() -> None:
-    chars = [200_000] * 10
-    assert background.parent_tail(chars, done=10, parent_ready=True) == 10  # nothing left
-    assert background.parent_tail(chars, done=9, parent_ready=True) == 10  # one item: no gain
-    start = background.parent_tail(chars, done=0, parent_ready=True)
-    assert 5 < start < 10  # the parent counts more slowly: less than half
-    left = (start - 0) * 200_000 * background.COUNT_S_PER_CHAR
-    own = (10 - start) * 200_000 * background.COUNT_S_PER_CHAR * background.PARENT_COUNT_SLOWDOWN
-    step = 200_000 * background.COUNT_S_PER_CHAR * background.PARENT_COUNT_SLOWDOWN
-    assert abs(left - own) <= step  # neither could give the other one more and finish sooner
-    # The tables to read first make the parent take less.
-    assert background.parent_tail(chars, done=0, parent_ready=False) >= start
-    assert background.parent_tail([10_000] * 10, done=0, parent_ready=False) == 10
+def test_the_parent_reads_no_tables_for_a_child_about_to_finish() -> None:
+    calls: list[list[str]] = []
+    got = _pending(_RacingChild(len(_all_strings()) - 1), calls, parent_ready=False).finish()
+    assert not any(calls)  # nothing counted here
+    assert len(got.counts) == len(_TEXTS)
+
+
+def test_a_failed_child_is_redone_here_after_a_take_over() -> None:
+    calls: list[list[str]] = []
+    got = _pending(_RacingChild(2, fail=True), calls).finish()
+    assert got.counts == get_tokenizer().count_batch(_TEXTS) and got.tokens_encoded == 0
+
+
+def test_a_real_child_and_the_parent_together_count_exactly(tmp_path: Path) -> None:
+    tables = token_counter.table_file(default_tokenizer_file(), tmp_path)
+    texts = [f"def f{i}(x):\n    return x * {i} + g(x)\n" * (1 + i % 40) for i in range(300)]
+    calls: list[list[str]] = []
+    job = background.BackgroundAnalysis(tables)
+    job.count(texts)
+    here = _counting_here(calls)
+    got = background.Pending(texts, [], job=job, fallback=here, rest=here).finish()
+    assert got.counts == get_tokenizer().count_batch(texts)
+    taken = sum(len(call) for call in calls)
+    assert got.tokens_encoded == sum(got.counts[: len(texts) - taken])
+
+
+def test_taking_over_pays_once_the_tables_are_read_or_the_child_has_much_left() -> None:
+    assert background.worth_taking_over(1, parent_ready=True)
+    assert not background.worth_taking_over(10_000, parent_ready=False)
+    assert background.worth_taking_over(10_000_000, parent_ready=False)

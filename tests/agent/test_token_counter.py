@@ -133,7 +133,8 @@ _ASCII_ALPHABET = list(" \t\r\n_-=+*/.,;:()[]{}<>'\"#@!?$%&^`|~\\0123456789abcXY
 
 def test_ascii_shortcut_is_on_for_the_v4_patterns_only(counter) -> None:
     assert counter._ascii_shortcut
-    other = token_counter._Tables(counter._tables.byte_ids, counter._tables.merges, [r"\s+"])
+    tables = counter._tables
+    other = token_counter._Tables(tables.byte_ids, tables.merges, [r"\s+"], tables.byte_pairs)
     assert not token_counter.TokenCounter(other)._ascii_shortcut
 
 
