@@ -61,6 +61,9 @@ class _Rule:
     """Group holding the secret value (the part that is replaced)."""
     generic: bool
     """A name-based rule: the value must also look random."""
+    triggers: tuple[str, ...] = ()
+    """Line rules: lower-case strings one of which a line holds wherever the rule can match
+    in it (the rule is not run on other lines)."""
 
 
 _ASSIGN_NAME = (
@@ -92,31 +95,60 @@ _LINE_HINT = re.compile(
     r"|a(?:pi[_\-]?key|ccess[_\-]?key|uth|kia|sia|gpa|ida|roa|iza)"
     r"|g(?:h[pousr]_|ithub_pat_|lpat-)|xox[abposr]-"
 )
+# Each names its triggers: substrings of `_ASSIGN_NAME` (or of the key format) that every
+# match holds, lower-cased. A typical hinted line ("token", "author") then runs two rules.
+_ASSIGN_TRIGGERS = ("passw", "pwd", "secret", "token", "api", "access", "private", "auth",
+                    "credential")  # fmt: skip
 _LINE_RULES: tuple[_Rule, ...] = (
     _Rule(
-        "aws-access-key-id", re.compile(r"\b((?:AKIA|ASIA|AGPA|AIDA|AROA)[0-9A-Z]{16})\b"), 1, False
+        "aws-access-key-id",
+        re.compile(r"\b((?:AKIA|ASIA|AGPA|AIDA|AROA)[0-9A-Z]{16})\b"),
+        1,
+        False,
+        ("akia", "asia", "agpa", "aida", "aroa"),
     ),
     _Rule(
         "aws-secret-access-key",
         re.compile(r"(?i)aws_?secret_?(?:access_?)?key[\"']?\s*[:=]\s*[\"']?([A-Za-z0-9/+]{40})\b"),
         1,
         False,
+        ("secret",),
     ),
     _Rule(
         "github-token",
         re.compile(r"\b(gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})\b"),
         1,
         False,
+        ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
     ),
-    _Rule("gitlab-token", re.compile(r"\b(glpat-[A-Za-z0-9_\-]{20,})\b"), 1, False),
-    _Rule("slack-token", re.compile(r"\b(xox[abposr]-[A-Za-z0-9\-]{10,})\b"), 1, False),
-    _Rule("google-api-key", re.compile(r"\b(AIza[0-9A-Za-z_\-]{35})(?![0-9A-Za-z_\-])"), 1, False),
-    _Rule("stripe-key", re.compile(r"\b((?:sk|rk)_live_[0-9A-Za-z]{24,})\b"), 1, False),
+    _Rule("gitlab-token", re.compile(r"\b(glpat-[A-Za-z0-9_\-]{20,})\b"), 1, False, ("glpat-",)),
+    _Rule(
+        "slack-token",
+        re.compile(r"\b(xox[abposr]-[A-Za-z0-9\-]{10,})\b"),
+        1,
+        False,
+        ("xoxa-", "xoxb-", "xoxp-", "xoxo-", "xoxs-", "xoxr-"),
+    ),
+    _Rule(
+        "google-api-key",
+        re.compile(r"\b(AIza[0-9A-Za-z_\-]{35})(?![0-9A-Za-z_\-])"),
+        1,
+        False,
+        ("aiza",),
+    ),
+    _Rule(
+        "stripe-key",
+        re.compile(r"\b((?:sk|rk)_live_[0-9A-Za-z]{24,})\b"),
+        1,
+        False,
+        ("sk_live_", "rk_live_"),
+    ),
     _Rule(
         "openai-anthropic-key",
         re.compile(r"\b(sk-(?:proj-|ant-(?:api\d\d-)?)?[A-Za-z0-9_\-]{32,})(?![A-Za-z0-9_\-])"),
         1,
         False,
+        ("sk-",),
     ),
     _Rule(
         "secret-assignment",
@@ -125,12 +157,14 @@ _LINE_RULES: tuple[_Rule, ...] = (
         ),
         2,
         True,
+        _ASSIGN_TRIGGERS,
     ),
     _Rule(
         "secret-assignment",
         re.compile(rf"(?i)^\s*(?:export\s+)?{_ASSIGN_NAME}\s*[:=]\s*([^\s\"'#,;]{{8,}})\s*$"),
         1,
         True,
+        _ASSIGN_TRIGGERS,
     ),
 )
 # Where two rules cover the same value, the specific format wins over a generic rule.
@@ -204,7 +238,10 @@ def _line_rule_spans(text: str) -> list[tuple[int, int, str]]:
     for start in _hinted_lines(text):
         end = text.find("\n", start)
         line = text[start : end if end >= 0 else len(text)]
+        lowered = line.lower()
         for rule in _LINE_RULES:
+            if not any(t in lowered for t in rule.triggers):
+                continue  # no substring every match of the rule holds
             for m in rule.pattern.finditer(line):
                 if looks_random(m.group(rule.group)):
                     spans.append(

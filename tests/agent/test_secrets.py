@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from dsv4.agent import secrets
 from dsv4.agent.secrets import looks_random, redact, shannon_entropy, withheld_reason
 
 # Assembled from parts so the test file itself does not trip secret scanners.
@@ -110,3 +113,16 @@ def test_entropy_and_randomness() -> None:
     assert not looks_random("short1A")
     assert not looks_random("onlylowercaseletterswithoutdigits")
     assert not looks_random("example_token_1234567890")
+
+
+@pytest.mark.parametrize("rule", secrets._LINE_RULES, ids=lambda r: r.kind)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_every_match_of_a_line_rule_holds_one_of_its_triggers(rule, data) -> None:
+    """A line rule is skipped on lines without its triggers: sound only if every text the
+    rule matches holds one (lower-cased)."""
+    text = data.draw(st.from_regex(rule.pattern))
+    matches = list(rule.pattern.finditer(text))
+    assert matches
+    for m in matches:
+        assert any(t in m.group().lower() for t in rule.triggers), (rule.kind, m.group())
