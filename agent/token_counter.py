@@ -273,7 +273,11 @@ def _in_scope(text: str) -> bool:
 
 def _split_isolated(pattern, text: str) -> list[str]:
     """`text` cut into the matches of `pattern` and the stretches between them."""
-    parts: list[str] = []
+    if not pattern.groups:
+        parts = pattern.findall(text)
+        if sum(map(len, parts)) == len(text) and "" not in parts:
+            return parts  # the matches tile the text: nothing between them (the usual case)
+    parts = []
     pos = 0
     for m in pattern.finditer(text):
         if m.start() > pos:

@@ -196,3 +196,27 @@ def test_the_combined_pattern_cuts_like_the_three_passes(counter, text: str) -> 
 def test_ascii_control_characters_take_the_general_path(counter, text: str) -> None:
     assert counter._pretokenize(text) == counter._pretokenize_passes(text)
     assert counter.count(text) == get_tokenizer().count(text)
+
+
+def _split_by_loop(pattern, text: str) -> list[str]:
+    """The isolated split written out: every match and every stretch between two."""
+    parts, pos = [], 0
+    for m in pattern.finditer(text):
+        parts += [text[pos : m.start()]] if m.start() > pos else []
+        parts += [m.group()] if m.end() > m.start() else []
+        pos = m.end()
+    return parts + ([text[pos:]] if pos < len(text) else [])
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [r"[a-z]+|\s+", r"[a-z]+", r"([a-z])+", r"x*", r"\d{1,3}|\s+|[^\d\s]+"],
+    ids=["tiling", "gaps", "group", "empty matches", "tiling 2"],
+)
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(alphabet="ab xz19\n.-é", max_size=40))
+def test_isolated_split_equals_the_loop_whether_or_not_matches_tile(pattern, text) -> None:
+    import regex
+
+    compiled = regex.compile(pattern)
+    assert token_counter._split_isolated(compiled, text) == _split_by_loop(compiled, text)
