@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -294,29 +295,38 @@ def _main(argv: list[str]) -> None:
     texts) and ("parse", files) messages on stdin until it closes; marshal'd (counts, plain
     tags, outline counts) out. TABLES `-`: nothing to count. FD (-1: none): the shared
     counters, where the child records how many texts it has counted and reads where to
-    stop (its counts then end there, or a little later)."""
+    stop (its counts then end there, or a little later).
+
+    Files to parse go before texts to count, whenever both wait: the parent can take over
+    counting (from the last text back) but not parsing, so the child's parsing must not
+    end up last."""
     tables = None if argv[1] == "-" else Path(argv[1])
     shared = None if argv[2] == "-1" else mmap.mmap(int(argv[2]), mmap.PAGESIZE)
-    counter: token_counter.TokenCounter | None = None
+    counter = None if tables is None else token_counter.from_table_file(tables)
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+    threading.Thread(target=_read_messages, args=(sys.stdin.buffer, inbox), daemon=True).start()
+    to_count: deque[str] = deque()
+    to_parse: deque[tuple[str, str]] = deque()
     counts: list[int | None] = []
     plain: list[tuple] = []
     outline_counts: list[int | None] = []
-    stdin = sys.stdin.buffer
-    while header := stdin.read(8):
-        kind, items = marshal.loads(stdin.read(int.from_bytes(header, "little")))
-        if counter is None and tables is not None:
-            counter = token_counter.from_table_file(tables)
-        if kind == "count":
-            if shared is None:
-                counts += [counter.count(t) if counter else None for t in items]
-                continue
-            for text in items:
-                if len(counts) >= struct.unpack_from("<q", shared, _STOP)[0]:
-                    break  # the parent counts the rest
-                counts.append(counter.count(text) if counter else None)
-                struct.pack_into("<q", shared, _DONE, len(counts))
-            continue
-        for path, text in items:
+    stop, reading = _NEVER, True
+    while True:
+        while reading:  # take in what has arrived; wait only with nothing else to do
+            try:
+                message = inbox.get(block=not (to_count or to_parse))
+            except queue.Empty:
+                break
+            if message is None:
+                reading = False
+            elif isinstance(message, BaseException):
+                raise message
+            elif message[0] == "parse":
+                to_parse.extend(message[1])
+            else:
+                to_count.extend(message[1])
+        if to_parse:
+            path, text = to_parse.popleft()
             file_tags = tags.extract(path, text)
             plain.append(file_tags.to_plain())
             outline = tags.outline(file_tags)
@@ -324,7 +334,29 @@ def _main(argv: list[str]) -> None:
                 outline_counts.append(None if counter is None else 0)
             else:
                 outline_counts.append(counter.count(packer.outline_chunk(path, outline)))
+        elif to_count:
+            text = to_count.popleft()
+            if shared is not None:
+                stop = struct.unpack_from("<q", shared, _STOP)[0]
+            if len(counts) < stop:  # else the parent counts this one and the rest
+                counts.append(counter.count(text) if counter else None)
+                if shared is not None:
+                    struct.pack_into("<q", shared, _DONE, len(counts))
+        elif not reading:
+            break
     sys.stdout.buffer.write(marshal.dumps((counts, plain, outline_counts)))
+
+
+def _read_messages(stream, inbox: queue.SimpleQueue) -> None:
+    """The child's reader thread: each message into `inbox`, then None at the end (after
+    the exception that stopped it, if one did)."""
+    try:
+        while header := stream.read(8):
+            inbox.put(marshal.loads(stream.read(int.from_bytes(header, "little"))))
+    except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
+        inbox.put(exc)
+    finally:
+        inbox.put(None)
 
 
 if __name__ == "__main__":

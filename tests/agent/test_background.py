@@ -211,3 +211,20 @@ def test_taking_over_pays_once_the_tables_are_read_or_the_child_has_much_left() 
     assert background.worth_taking_over(1, parent_ready=True)
     assert not background.worth_taking_over(10_000, parent_ready=False)
     assert background.worth_taking_over(10_000_000, parent_ready=False)
+
+
+def test_a_truncated_message_fails_the_child_with_its_error() -> None:
+    import marshal
+    import subprocess
+    import sys
+
+    data = marshal.dumps(("parse", _FILES[:1]))
+    stream = len(data).to_bytes(8, "little") + data[: len(data) // 2]  # cut short
+    proc = subprocess.run(
+        [sys.executable, "-m", "dsv4.agent.background", "-", "-1"],
+        input=stream,
+        capture_output=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert b"EOFError" in proc.stderr or b"ValueError" in proc.stderr
