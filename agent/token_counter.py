@@ -118,13 +118,24 @@ class TokenCounter:
     """Counts V4 tokens of plain text; `count` is None for text it does not handle."""
 
     def __init__(self, tables: _Tables) -> None:
+        self._tables = tables
+        self._ascii_shortcut = tuple(tables.patterns) == V4_SPLIT_PATTERNS
+        self._words: dict[str, int] = {}
+
+    @functools.cached_property
+    def _patterns(self) -> list:
+        """The `Split` regexes compiled (by `regex`, imported only when plain ASCII text
+        does not do: ~15-30 ms of a one-file re-index)."""
         import regex
 
-        self._tables = tables
-        self._patterns = [regex.compile(p) for p in tables.patterns]
-        self._ascii_shortcut = tuple(tables.patterns) == V4_SPLIT_PATTERNS
-        self._combined = regex.compile(_V4_COMBINED) if self._ascii_shortcut else None
-        self._words: dict[str, int] = {}
+        return [regex.compile(p) for p in self._tables.patterns]
+
+    @functools.cached_property
+    def _combined(self):
+        """`_V4_COMBINED` compiled, when the patterns are V4's (else None)."""
+        import regex
+
+        return regex.compile(_V4_COMBINED) if self._ascii_shortcut else None
 
     def count(self, text: str) -> int | None:
         """Exact V4 token count of `text`, or None when the text is out of scope."""

@@ -220,3 +220,27 @@ def test_isolated_split_equals_the_loop_whether_or_not_matches_tile(pattern, tex
 
     compiled = regex.compile(pattern)
     assert token_counter._split_isolated(compiled, text) == _split_by_loop(compiled, text)
+
+
+def test_plain_ascii_text_is_counted_without_the_regex_module(tmp_path: Path) -> None:
+    """A one-file re-index of plain source saves the `regex` import and compiles."""
+    import subprocess
+    import sys
+
+    token_counter.table_file(default_tokenizer_file(), tmp_path)  # built beforehand
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from dsv4.agent import token_counter\n"
+        "from dsv4.engine.tokenizer import default_tokenizer_file\n"
+        f"c = token_counter.load(default_tokenizer_file(), Path({str(tmp_path)!r}))\n"
+        "n = c.count('def f(x):\\n    return x + 1\\n')\n"
+        "print(n, 'regex' in sys.modules)\n"
+        "c.count('caf\\u00e9')\n"
+        "print('regex' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    first, second = out.stdout.splitlines()
+    expected = get_tokenizer().count("def f(x):\n    return x + 1\n")
+    assert first == f"{expected} False"
+    assert second == "True"  # other text compiles the patterns on first use
