@@ -24,12 +24,15 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from subprocess import PIPE
+from typing import TYPE_CHECKING
 
 from . import packer, tags, token_counter
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 # CPU cost model (seconds), measured on a 2-core x86 VM over the source trees of setuptools
 # and rich (Python), timing when each process ends: it only balances the two, so it need

@@ -23,7 +23,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -474,6 +473,8 @@ class _Run:
             )
         if sum(map(len, texts)) <= _SMALL_CHARS:
             return Pending(texts, [], counts=self._count(texts))
+        from concurrent.futures import ThreadPoolExecutor  # rarely needed: imported here
+
         pool = ThreadPoolExecutor(max_workers=1)
         future = pool.submit(self._count, texts)
         pool.shutdown(wait=False)
