@@ -26,12 +26,17 @@ box).
 
 Baselines on the same tree: the V4 tokenizer alone (load, then `count_batch` over every
 text file), and other packers when installed: repomix and gitingest (on PATH, or given
-with `--tool NAME=COMMAND`, `{root}` standing for the tree). They count with other
-tokenizers, so their token counts are not V4's. Prints a table, then one JSON line.
+with `--tool NAME=COMMAND`, `{root}` standing for the tree), one run each. They count with
+OpenAI tokenizers, so their token counts are not V4's; gitingest fetches its tokenizer
+table from the network on first use and, where it cannot, packs without counting. aider's
+repository map (`--aider-python`, an interpreter with aider installed) runs cold, then
+after a one-file edit with its tags cache kept, each in a fresh process. Prints a table,
+then one JSON line.
 
     python benchmarks/bench_index.py     # setuptools (0.7 M tokens), + rich (1.1 M), mypy (2.1 M)
     python benchmarks/bench_index.py --package black --repeat 5
     python benchmarks/bench_index.py --tool repomix="repomix --stdout -q {root}"
+    python benchmarks/bench_index.py --aider-python ~/venvs/aider/bin/python
 """
 
 from __future__ import annotations
@@ -87,9 +92,32 @@ print(json.dumps({
 }))
 """
 _DEFAULT_TOOLS = {
-    "repomix": "repomix --stdout --quiet --no-security-check {root}",
+    "repomix": "repomix --stdout --quiet {root}",  # with its secret check, as the indexer's
     "gitingest": "gitingest {root} -o -",
 }
+# aider's repository map, run by an interpreter where aider is installed (`--aider-python`):
+# the map over every file of the tree, as aider builds it with no file in the chat. aider's
+# models count tokens with tiktoken, whose table cannot be fetched on a closed network, so
+# the map's token sizing runs on a 4-characters-a-token estimate instead.
+_AIDER = """
+import json, sys, time
+t0 = time.perf_counter()
+from pathlib import Path
+from aider.io import InputOutput
+from aider.repomap import RepoMap
+
+class CharsPerToken:
+    def token_count(self, text):
+        return len(text) // 4
+
+root = Path(sys.argv[1])
+files = sorted(str(p) for p in root.rglob("*")
+               if p.is_file() and not any(part.startswith((".git", ".aider")) for part in p.parts))
+io = InputOutput(pretty=False, yes=True, fancy_input=False)
+repo_map = RepoMap(root=str(root), main_model=CharsPerToken(), io=io)
+text = repo_map.get_repo_map([], files) or ""
+print(json.dumps({"s": time.perf_counter() - t0, "chars": len(text)}))
+"""
 _RUNS = ("first_run", "cold", "warm_noop", "edit")
 
 
@@ -252,18 +280,55 @@ def external_baselines(root: Path, tools: dict[str, str]) -> dict[str, dict | st
             results[name] = f"failed: {exc}"[:300]
             continue
         results[name] = {"wall_s": wall, "cpu_s": cpu, "output_chars": len(out)}
-    if importlib.util.find_spec("aider") is None:
-        results["aider-repomap"] = "not installed"
     return results
 
 
-def bench_package(name: str, workdir: Path, repeat: int, tools: dict[str, str]) -> dict:
+def aider_python(given: str | None) -> str | None:
+    """An interpreter that can import aider: `given`, this one, or the one behind an
+    `aider` command on PATH (its script's first line); None when there is none."""
+    if given:
+        return given
+    if importlib.util.find_spec("aider") is not None:
+        return sys.executable
+    script = shutil.which("aider")
+    if script is None:
+        return None
+    with open(script, "rb") as fh:
+        first = fh.readline().decode("utf-8", "replace").strip()
+    return first[2:].strip() if first.startswith("#!") and "python" in first else None
+
+
+def aider_baseline(root: Path, python: str | None, target: Path) -> dict | str:
+    """aider's repository map of the tree in fresh processes: cold (no tags cache), then
+    after appending to `target` (its tags cache kept)."""
+    if python is None:
+        return "not installed"
+    for cache in root.glob(".aider.tags.cache*"):
+        shutil.rmtree(cache, ignore_errors=True)
+    try:
+        # -I: run in the tree (aider keeps its tags cache there) without importing from it
+        # (a tree such as setuptools' holds modules named like the standard library's).
+        cmd = [python, "-I", "-c", _AIDER, str(root)]
+        cold_wall, cold_cpu, out = timed_child(cmd, cwd=root)
+        edit(target, -1)
+        edit_wall, edit_cpu, _ = timed_child(cmd, cwd=root)
+    except RuntimeError as exc:
+        return f"failed: {exc}"[:300]
+    chars = json.loads(out.strip().splitlines()[-1])["chars"]
+    return {"wall_s": cold_wall, "cpu_s": cold_cpu, "edit_wall_s": edit_wall,
+            "edit_cpu_s": edit_cpu, "output_chars": chars}  # fmt: skip
+
+
+def bench_package(
+    name: str, workdir: Path, repeat: int, tools: dict[str, str], aider: str | None
+) -> dict:
     root = copy_package(name, workdir)
     runs = scenario_runs(root, workdir / f"cache-{name}", repeat)
     result: dict = {"package": name, "edited": runs.pop("edited")[0]["path"]}
     result.update({run: median_run(runs[run]) for run in _RUNS})
     result["tokenizer_only"] = tokenizer_baseline(root)
     result["external"] = external_baselines(root, tools)
+    result["external"]["aider-repomap"] = aider_baseline(root, aider, root / result["edited"])
     return result
 
 
@@ -306,6 +371,11 @@ def print_table(results: list[dict]) -> None:
                     f"{ext['output_chars']:,} chars"
                 )
             )
+            if isinstance(ext, dict) and "edit_wall_s" in ext:
+                shown += (
+                    f"; after a one-file edit {ext['edit_wall_s']:.3f} s wall, "
+                    f"{ext['edit_cpu_s']:.2f} s CPU"
+                )
             print(f"{'':<15} {name}: {shown}")
 
 
@@ -326,6 +396,11 @@ def main() -> None:
     parser.add_argument("--tool", action="append", help="NAME=COMMAND of another packer")
     parser.add_argument("--keep", action="store_true", help="keep the temporary repositories")
     parser.add_argument(
+        "--aider-python",
+        help="interpreter with aider installed, for its repository map (default: this one, "
+        "or the one behind an `aider` command on PATH)",
+    )
+    parser.add_argument(
         "--quiet",
         action="store_true",
         help="on a shared machine: start each indexer run only when the machine is idle",
@@ -340,7 +415,8 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-index-"))
     load_before = os.getloadavg()
     try:
-        results = [bench_package(name, workdir, args.repeat, tools) for name in packages]
+        aider = aider_python(args.aider_python)
+        results = [bench_package(name, workdir, args.repeat, tools, aider) for name in packages]
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
