@@ -71,7 +71,8 @@ _BINARY_SUFFIXES = frozenset(
 )
 # Header markers that code generators write near the top of their output.
 _GENERATED_MARKER = re.compile(
-    r"@generated|DO NOT EDIT|Code generated .* DO NOT EDIT|auto-?generated (?:file|code|by)"
+    r"@generated|DO NOT EDIT|Code generated .* DO NOT EDIT"
+    r"|auto-?generated (?:file|code|by)|automatically generated (?:file|code)"
     r"|This file (?:is|was) (?:automatically )?generated",
     re.IGNORECASE,
 )
