@@ -4,11 +4,13 @@ child process.
 A cold index spends nearly all its time in two loops that hold the GIL: the token counter
 (pure Python) and tree-sitter (its bindings do not release the GIL while parsing), so a
 thread would not help. A child process started with the counter's tables counts every text
-it is given and parses a share of the files, sized (`child_share`) so that the child and the
-parent, which parses the rest meanwhile, finish at about the same time. The estimate is
-corrected at the end: once the parent has parsed its files, it counts the child's texts
-from the last one back, one at a time, until the two meet (`Pending.finish`), through two
-counters the processes share (how far the child has counted; where it must stop).
+it is given, while this process parses the files. Neither knows in advance which ends
+first, so the two share the rest of each other's work at the end, through counters in
+shared memory: the child, whenever it has nothing to count, parses files from the last one
+back until it meets the parent parsing from the first one on (`Pending.claim`); the parent,
+once done parsing, counts the child's texts from the last one back until the two meet
+(`Pending.finish`). The child counts before it parses, the parent parses before it counts:
+each side's word cache or parser is warm for its own kind of work.
 """
 
 from __future__ import annotations
@@ -34,23 +36,23 @@ from . import packer, tags, token_counter
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
-# CPU cost model (seconds), measured on a 2-core x86 VM over the source trees of setuptools
-# and rich (Python), timing when each process ends: it only balances the two, so it need
-# not be exact.
-CHILD_START_S = 0.2
+# CPU cost model (seconds) for the two decisions the sharing does not make itself: whether a
+# child is worth starting, and whether the parent should read the counter's tables to count.
+# Measured on a 2-core x86 VM over setuptools and rich (Python sources).
+CHILD_START_S = 0.15
 """Interpreter start, imports and the counter's tables."""
-COUNT_S_PER_CHAR = 0.2e-6
+COUNT_S_PER_CHAR = 0.16e-6
 """Counting, reading the texts off the pipe included."""
-PARSE_S_PER_CHAR = 0.24e-6
-OUTLINE_CHARS_PER_PARSED_CHAR = 0.09
-"""Outline length per character parsed: the child counts every outline when it counts."""
+PARSE_S_PER_CHAR = 0.2e-6
 SEND_EVERY = 16
 """Texts per message to the child while the caller goes on."""
 PARENT_TABLES_S = 0.06
 """Reading the counter's tables in the parent, when it has not yet."""
 
 # The shared counters: int64 slots in one page of memory (a memfd passed to the child).
-_DONE, _STOP = 0, 8
+_DONE, _STOP, _FRONT, _BACK = 0, 8, 16, 24
+"""Texts the child has counted; the text it must stop counting at; files the parent has
+claimed (all before this index); the lowest file the child has claimed (it and all after)."""
 _NEVER = 1 << 62
 
 
@@ -62,11 +64,11 @@ class BackgroundError(Exception):
 class Analysis:
     counts: list[int | None]
     """Token count per text; None for a text the counter declines (out of its scope)."""
-    tags: list[tags.FileTags]
-    """Tags per file, in order."""
-    outline_counts: list[int | None]
-    """Per file, the token count of its outline chunk (`packer.outline_chunk`; 0 without an
-    outline), or None when not counted (no tables given, or declined)."""
+    tags: dict[int, tags.FileTags]
+    """Tags of the files the child parsed, by their index in the list sent."""
+    outline_counts: dict[int, int | None]
+    """For the same files, the token count of the outline chunk (`packer.outline_chunk`; 0
+    without an outline), or None when not counted (no tables given, or declined)."""
 
 
 def worth_taking_over(chars_left: int, parent_ready: bool) -> bool:
@@ -75,32 +77,19 @@ def worth_taking_over(chars_left: int, parent_ready: bool) -> bool:
     return parent_ready or chars_left * COUNT_S_PER_CHAR > PARENT_TABLES_S
 
 
-def child_share(parse_chars: Sequence[int], count_chars: int, started_s: float = 0.0) -> int:
-    """How many of the files (taken from the end of `parse_chars`, each file's characters,
-    0 for a file without a grammar) the child should parse, next to counting `count_chars`
-    characters, for both processes to finish together. `started_s`: how long ago the child
-    was started; it has been starting and counting what it was sent meanwhile."""
-    parent = sum(parse_chars) * PARSE_S_PER_CHAR
-    if count_chars:
-        count_chars += OUTLINE_CHARS_PER_PARSED_CHAR * sum(parse_chars)
-    child = max(0.0, CHILD_START_S + count_chars * COUNT_S_PER_CHAR - started_s)
-    taken = 0
-    for chars in reversed(parse_chars):
-        cost = chars * PARSE_S_PER_CHAR
-        if child + cost >= parent:
-            break  # moving this file would not shorten the longer of the two
-        child += cost
-        parent -= cost
-        taken += 1
-    return taken
+def worth_starting(parse_chars: int, count_chars: int) -> bool:
+    """Whether a child pays for its start-up: when the work it can take (half of the
+    parsing and counting, at most) outweighs it."""
+    work = parse_chars * PARSE_S_PER_CHAR + count_chars * COUNT_S_PER_CHAR
+    return work / 2 > CHILD_START_S
 
 
 class BackgroundAnalysis:
-    """A child process that counts texts and extracts the tags of files while this one goes
-    on. Started early (its interpreter starts while this process reads the files), fed as
-    the work appears (`count` batches while the files are scanned, `parse` once the share
-    is known: each message goes down the pipe at once, so the child starts counting during
-    the scan), then waited for (`result`)."""
+    """A child process that counts texts and, when idle, extracts the tags of files this one
+    has not reached yet. Started early (its interpreter starts while this process reads the
+    files), fed as the work appears (`count` batches while the files are scanned, `parse`
+    with every file once the scan is done: each message goes down the pipe at once, so the
+    child starts counting during the scan), then waited for (`result`)."""
 
     def __init__(self, tables: Path | None) -> None:
         """`tables`: the counter's table file (`token_counter.table_file`), needed to count."""
@@ -124,9 +113,19 @@ class BackgroundAnalysis:
             self._queue.put(("count", texts))
 
     def parse(self, files: list[tuple[str, str]]) -> None:
-        """(path, text) files to extract the tags of (in the order sent)."""
-        if files:
+        """The (path, text) files this process parses from the first one on (`claim`): the
+        child takes them from the last one back while it has nothing to count. Sent once.
+        Without shared memory the child cannot take any: this process parses them all."""
+        if files and self._shared is not None:
             self._queue.put(("parse", files))
+
+    def claim(self, index: int) -> bool:
+        """Claim file `index` of those sent to `parse`, before parsing it here; False when
+        the child has claimed it (and those after it) already."""
+        if self._shared is None:
+            return True
+        struct.pack_into("<q", self._shared, _FRONT, index + 1)
+        return struct.unpack_from("<q", self._shared, _BACK)[0] > index
 
     def counted(self) -> int:
         """How many of the texts sent the child has counted so far (0 if unknown)."""
@@ -161,8 +160,12 @@ class BackgroundAnalysis:
         if self._proc.returncode != 0:
             tail = err.decode("utf-8", "replace")[-800:]
             raise BackgroundError(f"background analysis exited {self._proc.returncode}: {tail}")
-        counts, plain_tags, outline_counts = marshal.loads(out)
-        return Analysis(counts, [tags.FileTags.from_plain(t) for t in plain_tags], outline_counts)
+        counts, parsed = marshal.loads(out)
+        return Analysis(
+            counts,
+            {i: tags.FileTags.from_plain(plain) for i, plain, _ in parsed},
+            {i: outline for i, _, outline in parsed},
+        )
 
 
 @dataclass
@@ -171,8 +174,9 @@ class Done:
 
     counts: list[int]
     """Token counts of the texts, in order."""
-    tags: list[tags.FileTags]
-    """Tags of the files parsed in the background, in order."""
+    tags: dict[int, tags.FileTags]
+    """Tags of the files the background process parsed, by index in `Pending.files` (the
+    caller parses any file neither side parsed)."""
     outline_counts: dict[str, int]
     """Outline token counts taken in the background, by path."""
     frame_counts: dict[str, int]
@@ -184,8 +188,8 @@ class Done:
 class Pending:
     """Counting and parsing started off the caller's thread: by a `BackgroundAnalysis`
     (`job`, which also counts the `frame` strings and, as the caller reports them, the
-    outlines of the files it parses itself), by a worker thread (`future`), or already done
-    (`counts`)."""
+    outlines of the files it parses itself, and parses files from the last one back), by a
+    worker thread (`future`), or already done (`counts`)."""
 
     def __init__(
         self,
@@ -205,7 +209,8 @@ class Pending:
         start-up (the counter's tables are loaded here already)."""
         self._texts = texts
         self.files = files
-        """(path, text) of the files parsed in the background: the last of the records."""
+        """(path, text) of every file to parse, in the caller's order; the job (when there
+        is one) has them too and takes them from the last one back (`claim`)."""
         self._job = job
         self._frame = list(frame)
         self._counts = counts
@@ -215,6 +220,11 @@ class Pending:
         self._parent_ready = parent_ready
         self._outlines: list[tuple[str, str]] = []  # (path, chunk) sent to `job` to count
         self._sent = 0
+
+    def claim(self, index: int) -> bool:
+        """Whether the caller should parse `files[index]` (called in order, before parsing
+        each): False once the job has claimed it, and so every file after it."""
+        return self._job is None or self._job.claim(index)
 
     def outline_done(self, path: str, outline: str) -> None:
         """A file parsed by the caller: the job counts its outline too (in batches)."""
@@ -230,7 +240,7 @@ class Pending:
         if self._job is not None:
             return self._finish_job(self._job)
         counts = self._counts if self._future is None else self._future.result()
-        return Done(counts or [], [], {}, {}, 0)
+        return Done(counts or [], {}, {}, {}, 0)
 
     def _finish_job(self, job: BackgroundAnalysis) -> Done:
         """Wait for the child, meanwhile counting here from the last text back until the
@@ -252,9 +262,8 @@ class Pending:
         tail.reverse()
         try:
             analysis = job.result()
-        except BackgroundError:
-            parsed = [tags.extract(path, text) for path, text in self.files]
-            return Done(self._fallback(self._texts), parsed, {}, {}, 0)
+        except BackgroundError:  # counted here again; the caller parses what is left
+            return Done(self._fallback(self._texts), {}, {}, {}, 0)
         counts = analysis.counts[:start]  # it may have counted the one claimed last too
         by_child = len(counts)
         declined = [i for i, c in enumerate(counts) if c is None]
@@ -268,8 +277,9 @@ class Pending:
         n_texts, n_frame = len(self._texts), len(self._frame)
         outlines = zip(self._outlines, exact[n_texts + n_frame :], strict=True)
         outline_counts = {path: c for (path, _), c in outlines}
-        for (path, _), c in zip(self.files, analysis.outline_counts, strict=True):
-            if c is not None:
+        for i, c in analysis.outline_counts.items():
+            path = self.files[i][0]
+            if c is not None and path not in outline_counts:  # else both parsed it
                 outline_counts[path] = c
                 encoded += c
         frame_counts = dict(zip(self._frame, exact[n_texts : n_texts + n_frame], strict=True))
@@ -277,8 +287,8 @@ class Pending:
 
 
 def _shared_counters() -> tuple[mmap.mmap | None, int]:
-    """A page of shared memory (counted so far: 0, stop at: never) and a descriptor of it
-    for the child; (None, -1) where the system has no memfd."""
+    """A page of shared memory holding the counters (nothing counted or claimed yet, no
+    stop) and a descriptor of it for the child; (None, -1) where the system has no memfd."""
     try:
         fd = os.memfd_create("dsv4-background")
     except (AttributeError, OSError):
@@ -289,35 +299,39 @@ def _shared_counters() -> tuple[mmap.mmap | None, int]:
     except OSError:
         os.close(fd)
         return None, -1
-    struct.pack_into("<qq", shared, 0, 0, _NEVER)
+    struct.pack_into("<qqqq", shared, 0, 0, _NEVER, 0, _NEVER)  # _DONE, _STOP, _FRONT, _BACK
     return shared, fd
 
 
 def _main(argv: list[str]) -> None:
     """`python -m dsv4.agent.background TABLES FD`: length-prefixed marshal'd ("count",
-    texts) and ("parse", files) messages on stdin until it closes; marshal'd (counts, plain
-    tags, outline counts) out. TABLES `-`: nothing to count. FD (-1: none): the shared
-    counters, where the child records how many texts it has counted and reads where to
-    stop (its counts then end there, or a little later).
+    texts) and ("parse", files) messages on stdin until it closes; marshal'd (counts,
+    [(file index, plain tags, outline count), ...]) out. TABLES `-`: nothing to count. FD
+    (-1: none): the shared counters (module constants), through which the child reports
+    how many texts it has counted, learns where to stop counting, and claims files to parse.
 
-    Files to parse go before texts to count, whenever both wait: the parent can take over
-    counting (from the last text back) but not parsing, so the child's parsing must not
-    end up last."""
+    Counting comes first: the child parses (the one "parse" message's files, from the last
+    one back) only while it has nothing to count, and stops at the first file the parent
+    has claimed."""
     tables = None if argv[1] == "-" else Path(argv[1])
     shared = None if argv[2] == "-1" else mmap.mmap(int(argv[2]), mmap.PAGESIZE)
     counter = None if tables is None else token_counter.from_table_file(tables)
     inbox: queue.SimpleQueue = queue.SimpleQueue()
     threading.Thread(target=_read_messages, args=(sys.stdin.buffer, inbox), daemon=True).start()
     to_count: deque[str] = deque()
-    to_parse: deque[tuple[str, str]] = deque()
+    files: list[tuple[str, str]] = []
+    back = 0  # files[back:] are claimed here
     counts: list[int | None] = []
-    plain: list[tuple] = []
-    outline_counts: list[int | None] = []
+    parsed: list[tuple[int, tuple, int | None]] = []
     stop, reading = _NEVER, True
+
+    def can_parse() -> bool:
+        return back > 0 and struct.unpack_from("<q", shared, _FRONT)[0] < back
+
     while True:
         while reading:  # take in what has arrived; wait only with nothing else to do
             try:
-                message = inbox.get(block=not (to_count or to_parse))
+                message = inbox.get(block=not to_count and not (shared is not None and can_parse()))
             except queue.Empty:
                 break
             if message is None:
@@ -325,19 +339,11 @@ def _main(argv: list[str]) -> None:
             elif isinstance(message, BaseException):
                 raise message
             elif message[0] == "parse":
-                to_parse.extend(message[1])
+                files = message[1]
+                back = len(files)
             else:
                 to_count.extend(message[1])
-        if to_parse:
-            path, text = to_parse.popleft()
-            file_tags = tags.extract(path, text)
-            plain.append(file_tags.to_plain())
-            outline = tags.outline(file_tags)
-            if counter is None or not outline:
-                outline_counts.append(None if counter is None else 0)
-            else:
-                outline_counts.append(counter.count(packer.outline_chunk(path, outline)))
-        elif to_count:
+        if to_count:
             text = to_count.popleft()
             if shared is not None:
                 stop = struct.unpack_from("<q", shared, _STOP)[0]
@@ -345,9 +351,23 @@ def _main(argv: list[str]) -> None:
                 counts.append(counter.count(text) if counter else None)
                 if shared is not None:
                     struct.pack_into("<q", shared, _DONE, len(counts))
+        elif shared is not None and can_parse():
+            struct.pack_into("<q", shared, _BACK, back - 1)
+            if struct.unpack_from("<q", shared, _FRONT)[0] >= back:
+                back = 0  # the parent claimed it meanwhile: it has every file up to here
+                continue
+            back -= 1
+            path, text = files[back]
+            file_tags = tags.extract(path, text)
+            outline = tags.outline(file_tags)
+            if counter is None or not outline:
+                outline_count = None if counter is None else 0
+            else:
+                outline_count = counter.count(packer.outline_chunk(path, outline))
+            parsed.append((back, file_tags.to_plain(), outline_count))
         elif not reading:
             break
-    sys.stdout.buffer.write(marshal.dumps((counts, plain, outline_counts)))
+    sys.stdout.buffer.write(marshal.dumps((counts, parsed)))
 
 
 def _read_messages(stream, inbox: queue.SimpleQueue) -> None:

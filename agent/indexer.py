@@ -53,8 +53,11 @@ _BATCH_CHARS = 400_000
 # Up to this many characters, counting at once beats starting a background process.
 _SMALL_CHARS = 200_000
 # Counting everything up front while the repository's estimated tokens are at most this many
-# budgets: beyond, rounds that count only what the fit needs save more than they cost.
-_COUNT_ALL_OVERFLOW = 2.0
+# budgets: beyond, rounds that count only what the fit needs save more than they cost. Up
+# front, the background process counts while this one parses; rounds run after the ranking,
+# here, over ~1.2 budgets (outlines, overshoot). mypy (2.2 budgets): 1.9-2.1 s counting
+# everything, 2.3-2.4 s in rounds.
+_COUNT_ALL_OVERFLOW = 2.5
 # Path rules a `FileSetConfig.allow` entry cannot override: there is no text to show.
 _HARD_REASONS = ("binary", "submodule", "symlink")
 
@@ -243,27 +246,33 @@ class _Run:
         """Exclusion rules, secrets, tags and token counts for changed files (batched).
 
         When counting everything up front pays (`count_all`), the full-text chunks are
-        counted in the background (`_start_background`), which also parses a share of the
-        files, while this thread parses the rest with tree-sitter. Otherwise counts wait
-        until the budget needs them (`count_plan`): most of a large repository ends as tree
-        lines, never counted.
+        counted in the background (`_start_background`), which also parses files from the
+        last one back when it has nothing to count, while this thread parses from the first
+        one on with tree-sitter. Otherwise counts wait until the budget needs them
+        (`count_plan`): most of a large repository ends as tree lines, never counted.
         """
         job = self._spawn_background(todo, count_all)
         drafts, kept, texts = self._scan_all(todo, count_all, job)
         pending = self._start_background(job, texts, [drafts[i] for i in kept])
-        here = len(kept) - len(pending.files)
-        self.stats.files_parsed_in_background += len(pending.files)
-        for n, i in enumerate(kept[:here]):
+        here = 0  # kept[:here] parsed here, from the first on; the job parses from the last
+        while here < len(kept) and pending.claim(here):
+            i = kept[here]
             drafts[i] = self._with_tags(drafts[i], tags.extract(drafts[i].path, drafts[i].text))
             pending.outline_done(drafts[i].path, drafts[i].outline)
-            if n % 64 == 0:
-                self.progress("analyse", n, len(kept))
+            here += 1
+            if here % 64 == 0:
+                self.progress("analyse", here, len(kept))
         done = pending.finish()
         self.stats.tokens_encoded += done.tokens_encoded
         self._early_counts = done.frame_counts
         self._dirty |= bool(texts)
-        for i, file_tags in zip(kept[here:], done.tags, strict=True):
-            drafts[i] = self._with_tags(drafts[i], file_tags)
+        for n in range(here, len(kept)):
+            i = kept[n]
+            if n in done.tags:
+                drafts[i] = self._with_tags(drafts[i], done.tags[n])
+                self.stats.files_parsed_in_background += 1
+            else:  # claimed by neither side (the two met on it), or the job failed
+                drafts[i] = self._with_tags(drafts[i], tags.extract(drafts[i].path, drafts[i].text))
         self.progress("analyse", len(kept), len(kept))
         for n, i in enumerate(kept):
             if count_all:
@@ -429,8 +438,8 @@ class _Run:
         if self._tokenizer is not None or _official_loaded() is not None:
             return None
         count_chars = sum(len(data) for _, data, _, _ in todo) if count_all else 0
-        parse_chars = [len(data) if tags.language_for(c.path) else 0 for c, data, _, _ in todo]
-        if count_chars <= _SMALL_CHARS and background.child_share(parse_chars, count_chars) == 0:
+        parse_chars = sum(len(data) for c, data, _, _ in todo if tags.language_for(c.path))
+        if count_chars <= _SMALL_CHARS and not background.worth_starting(parse_chars, count_chars):
             return None
         try:
             tables = None
@@ -443,22 +452,20 @@ class _Run:
     def _start_background(
         self, job: BackgroundAnalysis | None, texts: list[str], records: list[FileRecord]
     ) -> Pending:
-        """Start counting `texts`, and parsing the last `len(files)` of `records`, off this
-        thread; `finish` waits for the counts and those files' tags.
+        """Start counting `texts` off this thread, and share the parsing of `records` with
+        the background process if there is one; `finish` waits for the counts and for the
+        tags of the files parsed there.
 
         With a background process (`job`): the in-process counter's twin (~1.8x less CPU
         than the official tokenizer on source code, and no 0.3-0.5 s load) counts the
-        texts, the short strings of the frame and, while this thread parses the rest, the
-        outlines; it also parses a share of the files, sized to finish with this thread.
-        Without: little work is done right here; else a worker thread counts (with the
-        official tokenizer when this process holds it: Rust, it releases the GIL) and this
-        thread parses everything.
+        texts, the short strings of the frame and, as this thread parses the files, their
+        outlines; whenever it has nothing to count it parses files from the last one back,
+        until it meets this thread (`Pending.claim`). Without: little work is done right
+        here; else a worker thread counts (with the official tokenizer when this process
+        holds it: Rust, it releases the GIL) and this thread parses everything.
         """
         if job is not None:
-            parse_chars = [len(r.text) if tags.language_for(r.path) else 0 for r in records]
-            started_s = time.perf_counter() - job.started
-            share = background.child_share(parse_chars, sum(map(len, texts)), started_s)
-            files = [(r.path, r.text) for r in records[len(records) - share :]]
+            files = [(r.path, r.text) for r in records]
             frame = self._frame_strings(records) if texts else []
             job.count(frame)
             job.parse(files)

@@ -19,6 +19,7 @@ _FILES = [
 
 
 def test_counts_and_tags_match_the_in_process_ones(tmp_path: Path) -> None:
+    """A parent that parses nothing leaves every file to the child."""
     tables = token_counter.table_file(default_tokenizer_file(), tmp_path)
     texts = [text for _, text in _FILES] + ["x <|EOT|> y", "café 中文 🎉\n"]
     job = background.BackgroundAnalysis(tables)
@@ -30,16 +31,38 @@ def test_counts_and_tags_match_the_in_process_ones(tmp_path: Path) -> None:
     assert got.counts[:-2] == expected[:-2]
     assert got.counts[-2] is None  # a control token: declined, never miscounted
     assert got.counts[-1] in (None, expected[-1])
-    assert got.tags == [tags.extract(path, text) for path, text in _FILES]
-    assert any(t.definitions for t in got.tags) and any(t.references for t in got.tags)
+    assert got.tags == {i: tags.extract(path, text) for i, (path, text) in enumerate(_FILES)}
+    assert any(t.definitions for t in got.tags.values())
+    assert any(t.references for t in got.tags.values())
+    for i, (path, text) in enumerate(_FILES):
+        outline = tags.outline(tags.extract(path, text))
+        chunk = background.packer.outline_chunk(path, outline)
+        assert got.outline_counts[i] == (get_tokenizer().count(chunk) if outline else 0)
 
 
 def test_parsing_alone_needs_no_tables() -> None:
     job = background.BackgroundAnalysis(None)
-    job.parse(_FILES[:1])
-    job.parse(_FILES[1:2])
+    job.parse(_FILES[:2])
     got = job.result()
-    assert got.counts == [] and got.tags == [tags.extract(p, t) for p, t in _FILES[:2]]
+    assert got.counts == [] and got.tags == {i: tags.extract(*f) for i, f in enumerate(_FILES[:2])}
+    assert got.outline_counts == {0: None, 1: None}
+
+
+def test_the_child_parses_only_what_the_parent_has_not_claimed() -> None:
+    job = background.BackgroundAnalysis(None)
+    assert job.claim(0) and job.claim(1) and job.claim(2)  # nothing claimed by the child yet
+    job.parse(_FILES)
+    got = job.result()
+    assert sorted(got.tags) == [3, 4]  # from the last one back, down to the parent's claims
+    assert not job.claim(3)  # the child has it, and every file after it
+
+
+def test_the_child_parses_nothing_the_parent_claimed_first() -> None:
+    job = background.BackgroundAnalysis(None)
+    for i in range(len(_FILES)):
+        assert job.claim(i)
+    job.parse(_FILES)
+    assert job.result().tags == {}
 
 
 def test_a_failed_child_is_reported_with_its_error(tmp_path: Path) -> None:
@@ -51,7 +74,7 @@ def test_a_failed_child_is_reported_with_its_error(tmp_path: Path) -> None:
 
 def test_a_child_given_no_work_returns_nothing() -> None:
     got = background.BackgroundAnalysis(None).result()
-    assert got.counts == [] and got.tags == []
+    assert got.counts == [] and got.tags == {}
 
 
 def test_tags_survive_the_plain_round_trip() -> None:
@@ -60,26 +83,10 @@ def test_tags_survive_the_plain_round_trip() -> None:
         assert tags.FileTags.from_plain(file_tags.to_plain()) == file_tags
 
 
-def test_the_share_balances_both_processes() -> None:
-    files = [100_000] * 20  # 6e-1 s of parsing
-    share = background.child_share(files, count_chars=0)
-    parent = (20 - share) * 100_000 * background.PARSE_S_PER_CHAR
-    child = background.CHILD_START_S + share * 100_000 * background.PARSE_S_PER_CHAR
-    # Neither side could give the other one more file and finish sooner.
-    step = 100_000 * background.PARSE_S_PER_CHAR
-    assert abs(parent - child) <= step
-    assert max(parent, child) < 20 * step
-
-
-def test_a_child_started_earlier_takes_more() -> None:
-    files = [100_000] * 20
-    assert background.child_share(files, 0, started_s=1.0) > background.child_share(files, 0)
-
-
-def test_no_share_when_counting_alone_fills_the_child() -> None:
-    assert background.child_share([50_000] * 10, count_chars=10_000_000) == 0
-    assert background.child_share([1_000] * 3, count_chars=0) == 0  # start-up outweighs it
-    assert background.child_share([0] * 10, count_chars=0) == 0  # nothing to parse
+def test_a_child_is_started_only_for_work_that_outweighs_its_start() -> None:
+    assert not background.worth_starting(parse_chars=10_000, count_chars=0)
+    assert background.worth_starting(parse_chars=5_000_000, count_chars=0)
+    assert background.worth_starting(parse_chars=0, count_chars=5_000_000)
 
 
 def test_the_child_stops_where_it_is_told(tmp_path: Path) -> None:
@@ -136,7 +143,7 @@ class _RacingChild:
             raise background.BackgroundError("exited 1")
         while self.done < min(self.stop, len(self.sent)):
             self.done += 1
-        return background.Analysis(get_tokenizer().count_batch(self.sent[: self.done]), [], [])
+        return background.Analysis(get_tokenizer().count_batch(self.sent[: self.done]), {}, {})
 
 
 _TEXTS = [text for _, text in _FILES]

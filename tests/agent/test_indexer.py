@@ -293,7 +293,7 @@ def test_a_tight_budget_counts_only_what_it_may_show(tmp_path: Path) -> None:
         (root / "gen" / f"m{i:02}.py").parent.mkdir(exist_ok=True)
         (root / "gen" / f"m{i:02}.py").write_text(body)
     whole = build_index(root, cache_dir=tmp_path / "whole")
-    budget = whole.total_tokens // 4
+    budget = whole.total_tokens // 8  # far past `_COUNT_ALL_OVERFLOW` budgets
     tight = build_index(root, cache_dir=tmp_path / "tight", budget=budget)
     assert tight.total_tokens == get_tokenizer().count(tight.text) <= budget
     assert tight.stats.tokens_encoded < whole.stats.tokens_encoded // 2
@@ -346,19 +346,37 @@ def test_files_parsed_in_the_background_get_the_same_records(
     assert unset == alone_records
 
 
+def test_files_neither_side_parsed_are_parsed_after_the_wait(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the two sides meet, both may step back from the same file: it is parsed here
+    once the background process is done. Here the child is given no files at all."""
+    _background_run(monkeypatch, child_parses=True)
+    monkeypatch.setattr(indexer.background.BackgroundAnalysis, "parse", lambda self, files: None)
+    met = build_index(repo, cache_dir=tmp_path / "met")
+    monkeypatch.undo()
+    assert met.stats.files_parsed_in_background == 0
+    alone = build_index(repo, cache_dir=tmp_path / "alone")
+    assert met.text == alone.text and met.total_tokens == alone.total_tokens
+    assert _records(tmp_path / "met").keys() == _records(tmp_path / "alone").keys()
+    assert all(r.tags is not None for r in _records(tmp_path / "met").values() if not r.excluded)
+
+
 def _background_run(
     monkeypatch: pytest.MonkeyPatch, *, child_parses: bool = False, refuse_official: bool = True
 ) -> None:
     """As in a fresh process (the official tokenizer not loaded), with a repository large
-    enough to count in the background. `child_parses`: the child's start-up and counting
-    deemed free, so it takes a parsing share."""
+    enough to count in the background. `child_parses`: this process stops parsing after
+    two files, as if the child had been quicker, so the child parses the rest."""
     monkeypatch.setattr(indexer, "_official_loaded", lambda: None)
     if refuse_official:
         monkeypatch.setattr(indexer, "get_official_tokenizer", _refuse_official)
     monkeypatch.setattr(indexer, "_SMALL_CHARS", 0)
     if child_parses:
-        monkeypatch.setattr(indexer.background, "CHILD_START_S", 0.0)
-        monkeypatch.setattr(indexer.background, "COUNT_S_PER_CHAR", 0.0)
+        claim = indexer.background.Pending.claim
+        monkeypatch.setattr(
+            indexer.background.Pending, "claim", lambda self, n: n < 2 and claim(self, n)
+        )
 
 
 def _refuse_counter(*args):
@@ -383,7 +401,7 @@ def test_a_failed_background_process_is_redone_here(
 
     monkeypatch.setattr(indexer.background.BackgroundAnalysis, "result", broken)
     failed = build_index(repo, cache_dir=tmp_path / "failed")
-    assert failed.stats.files_parsed_in_background > 0  # its share was parsed here instead
+    assert failed.stats.files_parsed_in_background == 0  # what it parsed, parsed here again
     monkeypatch.undo()
     assert failed.total_tokens == get_tokenizer().count(failed.text)
     assert failed.text == build_index(repo, cache_dir=tmp_path / "fine").text
