@@ -235,3 +235,30 @@ def test_a_truncated_message_fails_the_child_with_its_error() -> None:
     )
     assert proc.returncode == 1
     assert b"EOFError" in proc.stderr or b"ValueError" in proc.stderr
+
+
+def test_parent_and_child_parsing_at_once_cover_every_file() -> None:
+    """Both sides claim at full speed: the parent from the first file on, the child from
+    the last one back. Together they cover every file, overlapping on one at most, and a
+    file neither took can only be the one where they met."""
+    import time
+
+    files = [(f"pkg/m{i}.py", f"def f{i}(x):\n    return g{i}(x)\n" * 40) for i in range(60)]
+    for _ in range(3):  # the meeting point differs from run to run
+        job = background.BackgroundAnalysis(None)
+        job.parse(files)
+        here = 0
+        while here < len(files) and job.claim(here):
+            tags.extract(*files[here])
+            time.sleep(0.002)  # slower than the child: it takes a good share
+            here += 1
+        got = job.result()
+        theirs = sorted(got.tags)
+        if theirs:
+            assert theirs == list(range(theirs[0], len(files)))  # from the last one back
+        else:
+            assert here == len(files)
+        assert all(got.tags[i] == tags.extract(*files[i]) for i in theirs)
+        missing = set(range(len(files))) - set(range(here)) - set(theirs)
+        assert len(missing) <= 1 and missing <= {here}
+        assert not theirs or theirs[0] >= here - 1  # overlap: the meeting file at most
