@@ -23,7 +23,6 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -102,7 +101,6 @@ class BackgroundAnalysis:
         finally:
             if fd >= 0:
                 os.close(fd)  # the mapping stays
-        self.started = time.perf_counter()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write, daemon=True)
         self._writer.start()
