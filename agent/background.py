@@ -45,6 +45,9 @@ COUNT_S_PER_CHAR = 0.16e-6
 PARSE_S_PER_CHAR = 0.2e-6
 SEND_EVERY = 16
 """Texts per message to the child while the caller goes on."""
+SHARE_CHARS = 32_000_000
+"""At most this many characters of files are offered to the child to parse (the last ones):
+~6 s of parsing, far past where the two sides meet on any tree that is counted up front."""
 PARENT_TABLES_S = 0.06
 """Reading the counter's tables in the parent, when it has not yet."""
 
@@ -112,10 +115,18 @@ class BackgroundAnalysis:
 
     def parse(self, files: list[tuple[str, str]]) -> None:
         """The (path, text) files this process parses from the first one on (`claim`): the
-        child takes them from the last one back while it has nothing to count. Sent once.
-        Without shared memory the child cannot take any: this process parses them all."""
-        if files and self._shared is not None:
-            self._queue.put(("parse", files))
+        child takes them from the last one back while it has nothing to count. Sent once,
+        and only the last ones up to `SHARE_CHARS` characters (the child never reaches the
+        first ones of a large tree, and would hold them all in memory). Without shared
+        memory the child cannot take any: this process parses them all."""
+        if not files or self._shared is None:
+            return
+        first, chars = len(files), 0
+        while first > 0 and chars + len(files[first - 1][1]) <= SHARE_CHARS:
+            first -= 1
+            chars += len(files[first][1])
+        if first < len(files):
+            self._queue.put(("parse", (first, files[first:])))
 
     def claim(self, index: int) -> bool:
         """Claim file `index` of those sent to `parse`, before parsing it here; False when
@@ -303,10 +314,11 @@ def _shared_counters() -> tuple[mmap.mmap | None, int]:
 
 def _main(argv: list[str]) -> None:
     """`python -m dsv4.agent.background TABLES FD`: length-prefixed marshal'd ("count",
-    texts) and ("parse", files) messages on stdin until it closes; marshal'd (counts,
-    [(file index, plain tags, outline count), ...]) out. TABLES `-`: nothing to count. FD
-    (-1: none): the shared counters (module constants), through which the child reports
-    how many texts it has counted, learns where to stop counting, and claims files to parse.
+    texts) and ("parse", (index of the first file, files)) messages on stdin until it
+    closes; marshal'd (counts, [(file index, plain tags, outline count), ...]) out.
+    TABLES `-`: nothing to count. FD (-1: none): the shared counters (module constants),
+    through which the child reports how many texts it has counted, learns where to stop
+    counting, and claims files to parse.
 
     Counting comes first: the child parses (the one "parse" message's files, from the last
     one back) only while it has nothing to count, and stops at the first file the parent
@@ -318,13 +330,13 @@ def _main(argv: list[str]) -> None:
     threading.Thread(target=_read_messages, args=(sys.stdin.buffer, inbox), daemon=True).start()
     to_count: deque[str] = deque()
     files: list[tuple[str, str]] = []
-    back = 0  # files[back:] are claimed here
+    first = back = 0  # files first.. were sent; those from `back` on are claimed here
     counts: list[int | None] = []
     parsed: list[tuple[int, tuple, int | None]] = []
     stop, reading = _NEVER, True
 
     def can_parse() -> bool:
-        return back > 0 and struct.unpack_from("<q", shared, _FRONT)[0] < back
+        return back > first and struct.unpack_from("<q", shared, _FRONT)[0] < back
 
     while True:
         while reading:  # take in what has arrived; wait only with nothing else to do
@@ -337,8 +349,8 @@ def _main(argv: list[str]) -> None:
             elif isinstance(message, BaseException):
                 raise message
             elif message[0] == "parse":
-                files = message[1]
-                back = len(files)
+                first, files = message[1]
+                back = first + len(files)
             else:
                 to_count.extend(message[1])
         if to_count:
@@ -352,10 +364,10 @@ def _main(argv: list[str]) -> None:
         elif shared is not None and can_parse():
             struct.pack_into("<q", shared, _BACK, back - 1)
             if struct.unpack_from("<q", shared, _FRONT)[0] >= back:
-                back = 0  # the parent claimed it meanwhile: it has every file up to here
+                back = first  # the parent claimed it meanwhile: it has every file up to here
                 continue
             back -= 1
-            path, text = files[back]
+            path, text = files[back - first]
             file_tags = tags.extract(path, text)
             outline = tags.outline(file_tags)
             if counter is None or not outline:

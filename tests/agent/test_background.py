@@ -262,3 +262,17 @@ def test_parent_and_child_parsing_at_once_cover_every_file() -> None:
         missing = set(range(len(files))) - set(range(here)) - set(theirs)
         assert len(missing) <= 1 and missing <= {here}
         assert not theirs or theirs[0] >= here - 1  # overlap: the meeting file at most
+
+
+def test_only_the_last_files_up_to_the_share_cap_are_offered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A large tree's first files never reach the child (memory): it parses only among the
+    last ones, by their index in the whole list, and the parent parses the others."""
+    sizes = [len(text) for _, text in _FILES]
+    monkeypatch.setattr(background, "SHARE_CHARS", sizes[-1] + sizes[-2])
+    job = background.BackgroundAnalysis(None)
+    job.parse(_FILES)
+    got = job.result()
+    assert got.tags == {3: tags.extract(*_FILES[3]), 4: tags.extract(*_FILES[4])}
+    assert job.claim(2) and not job.claim(3)
