@@ -219,7 +219,8 @@ class Pending:
         self._texts = texts
         self.files = files
         """(path, text) of every file to parse, in the caller's order; the job (when there
-        is one) has them too and takes them from the last one back (`claim`)."""
+        is one) is offered the last of them (`BackgroundAnalysis.parse`) and takes them from
+        the last one back (`claim`)."""
         self._job = job
         self._frame = list(frame)
         self._counts = counts

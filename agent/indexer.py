@@ -257,7 +257,7 @@ class _Run:
         here = 0  # kept[:here] parsed here, from the first on; the job parses from the last
         while here < len(kept) and pending.claim(here):
             i = kept[here]
-            drafts[i] = self._with_tags(drafts[i], tags.extract(drafts[i].path, drafts[i].text))
+            drafts[i] = self._parsed(drafts[i])
             pending.outline_done(drafts[i].path, drafts[i].outline)
             here += 1
             if here % 64 == 0:
@@ -272,7 +272,7 @@ class _Run:
                 drafts[i] = self._with_tags(drafts[i], done.tags[n])
                 self.stats.files_parsed_in_background += 1
             else:  # claimed by neither side (the two met on it), or the job failed
-                drafts[i] = self._with_tags(drafts[i], tags.extract(drafts[i].path, drafts[i].text))
+                drafts[i] = self._parsed(drafts[i])
         self.progress("analyse", len(kept), len(kept))
         for n, i in enumerate(kept):
             if count_all:
@@ -328,6 +328,10 @@ class _Run:
             text, findings = secrets.redact(cand.path, text)
         text = packer.normalise_text(text)
         return FileRecord(cand.path, blob, stat, None, text, -1, findings=tuple(findings))
+
+    def _parsed(self, rec: FileRecord) -> FileRecord:
+        """`rec` with the tags tree-sitter extracts here."""
+        return self._with_tags(rec, tags.extract(rec.path, rec.text))
 
     def _with_tags(self, rec: FileRecord, file_tags: tags.FileTags) -> FileRecord:
         outline = tags.outline(file_tags)
