@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dsv4.kernels import gemm_native
 from dsv4.kernels.quant import act_quant_dequant
 from dsv4.kernels.sparse_attn import sparse_attn
 
@@ -22,7 +23,7 @@ from .numerics import Numerics
 from .rope import Rope, apply_rope
 from .sparse_indexer import Indexer
 from .state import EntryCache, LayerState
-from .weights import FP8Linear, Getter, fp8_linears, rms_norm, stack_dense
+from .weights import FP8Linear, Getter, fp8_linears, native_gemm, rms_norm, stack_dense
 
 
 @dataclass
@@ -130,6 +131,14 @@ class Attention:
         """Grouped low-rank projection: per group g, o_g [S, H/G·hd] @ wo_a_gᵀ, then wo_b."""
         a, seq = self.args, o.shape[0]
         g = a.o_groups
+        if (lib := native_gemm(o, self.wo_a)) is not None:  # decode: one C GEMV per group
+            # fp32 sums of the bf16 (or fp32) products, rounded once to the act dtype: REF's
+            # bf16 GEMM (fp32 accumulation) up to summation order
+            parts = zip(
+                o.view(seq, g, -1).unbind(1), self.wo_a.view(g, a.o_lora_rank, -1), strict=True
+            )
+            y = torch.cat([gemm_native.bf16_gemm(lib, og, wg) for og, wg in parts], dim=1)
+            return self.wo_b(y.to(o.dtype), nx)
         wo_a = self.wo_a.to(o.dtype).view(g, a.o_lora_rank, -1)  # bf16 in bf16 mode, as REF
         # [G, S, H/G·hd] @ [G, H/G·hd, R]: a batched matmul (torch's einsum is slow in bf16)
         o = torch.bmm(o.view(seq, g, -1).transpose(0, 1), wo_a.transpose(1, 2)).transpose(0, 1)

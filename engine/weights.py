@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from dsv4.kernels.dispatch import use_triton
+from dsv4.kernels import gemm_native
+from dsv4.kernels.dispatch import native_lib, use_triton
 from dsv4.kernels.gemm import (
     bf16_matmul_fp32,
     block_scales_fp32,
@@ -36,6 +37,16 @@ from dsv4.kernels.quant import act_quant, act_quant_values
 from .numerics import Numerics
 
 Getter = Callable[[str], torch.Tensor]  # tensor name -> stored tensor on the target device
+
+NATIVE_MAX_ROWS = 4
+"""Up to this many rows (decode), CPU linears run the C GEMMs of `kernels/gemm_native.py`,
+which read the stored weight (FP8 or bf16) once; above it the torch GEMMs on the kept dense
+weights win (oneDNN's blocked kernels), and the C kernels' cost grows with the rows."""
+
+
+def native_gemm(x2: torch.Tensor, weight: torch.Tensor):
+    """The C GEMM library for these few-row operands on CPU, else None."""
+    return native_lib("gemm", x2, weight) if x2.shape[0] <= NATIVE_MAX_ROWS else None
 
 
 DENSE_ENV = "DSV4_CPU_DENSE_FP8"
@@ -89,7 +100,9 @@ class FP8Linear:
             return fp8_linears(x, (self,), nx)[0]
         lead, x2 = x.shape[:-1], x.reshape(-1, x.shape[-1]).float()
         exact = x.dtype == torch.bfloat16
-        if self.dense is not None:
+        if (lib := native_gemm(x2, self.weight)) is not None:
+            y = gemm_native.fp8_gemm(lib, x2, self.weight, self.scale_fp32, quant=False)
+        elif self.dense is not None:
             y = kept_matmul(x2, self.dense, bf16_exact=exact)
         else:
             y = fp8_matmul(x2, self.weight, self.scale_fp32, bf16_exact=exact)
@@ -126,7 +139,10 @@ def fp8_linears(
     if not nx.quant_sim:
         return [lin(x, nx) for lin in linears]
     lead, x2 = x.shape[:-1], x.reshape(-1, x.shape[-1])
-    if use_triton(x2) or any(lin.dense is None for lin in linears):
+    if (lib := native_gemm(x2, linears[0].weight)) is not None:  # fused act-quant, FP8 read
+        ys = [gemm_native.fp8_gemm(lib, x2, w.weight, w.scale_fp32, quant=True).to(x.dtype)
+              for w in linears]  # fmt: skip
+    elif use_triton(x2) or any(lin.dense is None for lin in linears):
         q, s = act_quant(x2, 128)
         ys = [fp8_gemm_kept(q, s, w.weight, w.scale, w.scale_fp32, x.dtype) for w in linears]
     elif stacked is not None:  # e4m3 values times power-of-two scales: bf16 products exact
@@ -149,6 +165,8 @@ def linear_fp32(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     lead, x2 = x.shape[:-1], x.reshape(-1, x.shape[-1])
     if weight.dtype == torch.float32:
         return F.linear(x2.float(), weight).view(*lead, -1)
+    if weight.dtype == torch.bfloat16 and (lib := native_gemm(x2, weight)) is not None:
+        return gemm_native.bf16_gemm(lib, x2, weight).view(*lead, -1)
     if x2.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16:
         return bf16_matmul_fp32(x2, weight).view(*lead, -1)
     y = slab_matmul(x2.float(), weight.shape[0], lambda lo, hi: weight[lo:hi].float())

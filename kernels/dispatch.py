@@ -1,8 +1,10 @@
-"""Choose between a kernel's torch reference and its Triton twin.
+"""Choose between a kernel's torch reference, its Triton twin and its native CPU twin.
 
-`DSV4_KERNELS` = `torch` (never Triton), `triton` (always; on CPU this needs
-`TRITON_INTERPRET=1`), or unset/`auto` (Triton only when every tensor is on CUDA and triton
-imports). The decision is made per call so that tests can switch it with the environment.
+`DSV4_KERNELS` = `torch` (the torch references only), `triton` (Triton always; on CPU this
+needs `TRITON_INTERPRET=1`), `native` (the C kernels of `native.py` for CPU tensors; an
+error when they cannot be built), or unset/`auto` (Triton when every tensor is on CUDA and
+triton imports; the C kernels when every tensor is on the CPU and they build). The decision
+is made per call so that tests can switch it with the environment.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ import os
 
 import torch
 
-_MODES = ("torch", "triton", "auto")
+_MODES = ("torch", "triton", "native", "auto")
 
 
 class DispatchError(ValueError):
-    """`DSV4_KERNELS` holds a value that is not one of `torch`, `triton`, `auto`."""
+    """`DSV4_KERNELS` holds a value that is not one of `torch`, `triton`, `native`, `auto`."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -40,8 +42,21 @@ def kernels_mode() -> str:
 def use_triton(*tensors: torch.Tensor) -> bool:
     """True when the dispatchers should call the Triton kernel for these tensors."""
     mode = kernels_mode()
-    if mode == "torch":
+    if mode in ("torch", "native"):
         return False
     if mode == "triton":
         return True
     return bool(tensors) and all(t.is_cuda for t in tensors) and triton_available()
+
+
+def native_lib(name: str, *tensors: torch.Tensor):
+    """The C library `name` (`native.library`) when the dispatchers should call it for these
+    tensors, else None. In `native` mode a library that cannot be built is an error."""
+    mode = kernels_mode()
+    if mode in ("torch", "triton") or not all(t.device.type == "cpu" for t in tensors):
+        return None
+    from . import native
+
+    if mode == "native":
+        return native.load(name)
+    return native.library(name)

@@ -1,0 +1,87 @@
+/* Scalar helpers shared by the C kernels: bf16 and fp32 bits, REF's power-of-two scales and
+ * the FP8 e4m3 / FP4 e2m1 grid roundings, written to give the torch references' values bit
+ * for bit (see kernels/quant.py and kernels/formats.py). */
+#ifndef DSV4_COMMON_H
+#define DSV4_COMMON_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+static inline float f32_from_bits(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+static inline uint32_t bits_of_f32(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+
+static inline float bf16_to_f32(uint16_t v) { return f32_from_bits((uint32_t)v << 16); }
+
+/* fp32 -> bf16, round to nearest even (torch's `.to(torch.bfloat16)`); NaN stays NaN. */
+static inline uint16_t f32_to_bf16(float f) {
+    uint32_t u = bits_of_f32(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* The value an fp32 takes after a round trip through bf16. */
+static inline float round_bf16(float f) { return bf16_to_f32(f32_to_bf16(f)); }
+
+/* Smallest power of two >= x for positive fp32 x, clamped to 2^-126..2^127
+ * (formats.pow2_ceil: add an all-ones mantissa, clear it). */
+static inline float pow2_ceil_f32(float x) {
+    int32_t b = (int32_t)((bits_of_f32(x) + 0x7fffffu) & ~0x7fffffu);
+    if (b < 0x00800000) b = 0x00800000;
+    if (b > 0x7f000000) b = 0x7f000000;
+    return f32_from_bits((uint32_t)b);
+}
+
+/* 2^floor(log2|v|) for finite v (0 for 0 and subnormals). */
+static inline float floor_pow2_f32(float v) { return f32_from_bits(bits_of_f32(v) & 0x7f800000u); }
+
+/* v (already clamped to ±448) rounded to the e4m3 grid, ties to even. */
+static inline float e4m3_round(float v) {
+    float sp = floor_pow2_f32(v) * 0.125f;
+    if (sp < 0x1p-9f) sp = 0x1p-9f;
+    return rintf(v / sp) * sp;
+}
+
+/* v (already clamped to ±6) rounded to the e2m1 grid, ties to even. */
+static inline float e2m1_round(float v) {
+    float sp = floor_pow2_f32(v) * 0.5f;
+    if (sp < 0.5f) sp = 0.5f;
+    return rintf(v / sp) * sp;
+}
+
+#define DSV4_FP8_MAX 448.0f
+#define DSV4_FP8_AMAX_FLOOR 1e-4f
+#define DSV4_FP4_MAX 6.0f
+
+/* REF's FP8 activation quantization of one block, dequantized in place:
+ * s = pow2_ceil(max(amax, 1e-4) * (1/448)), x = e4m3(clamp(x/s, ±448)) * s.
+ * Returns s. (quant.act_quant_values, bit for bit.) */
+static inline float fp8_block_round_trip(float *x, int64_t n) {
+    float amax = 0.0f;
+    for (int64_t i = 0; i < n; i++) { float a = fabsf(x[i]); amax = a > amax ? a : amax; }
+    if (amax < DSV4_FP8_AMAX_FLOOR) amax = DSV4_FP8_AMAX_FLOOR;
+    const float inv448 = (float)(1.0 / 448.0);
+    float s = pow2_ceil_f32(amax * inv448);
+    for (int64_t i = 0; i < n; i++) {
+        float v = x[i] / s;
+        v = v < -DSV4_FP8_MAX ? -DSV4_FP8_MAX : (v > DSV4_FP8_MAX ? DSV4_FP8_MAX : v);
+        x[i] = e4m3_round(v) * s;
+    }
+    return s;
+}
+
+/* REF's FP4 simulation of one block (quant.fp4_act_quant_dequant_ref), in place. */
+static inline void fp4_block_round_trip(float *x, int64_t n) {
+    float amax = 0.0f;
+    for (int64_t i = 0; i < n; i++) { float a = fabsf(x[i]); amax = a > amax ? a : amax; }
+    const float floor4 = 6.0f * 0x1p-126f;
+    if (amax < floor4) amax = floor4;
+    float s = pow2_ceil_f32(amax / DSV4_FP4_MAX);
+    for (int64_t i = 0; i < n; i++) {
+        float v = x[i] / s;
+        v = v < -DSV4_FP4_MAX ? -DSV4_FP4_MAX : (v > DSV4_FP4_MAX ? DSV4_FP4_MAX : v);
+        x[i] = e2m1_round(v) * s;
+    }
+}
+
+#endif

@@ -1,0 +1,125 @@
+"""The C few-row GEMMs (`kernels/gemm_native.py`) against the torch references.
+
+Products are the same fp32 products as the references'; only the summation order differs, so
+results agree to fp32 rounding of sums (relative to Σ|x·w|). Each case also runs the portable
+scalar build (`-mno-avx512f`), which covers machines without AVX-512.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import pytest
+import torch
+
+from dsv4.kernels import gemm_native, native
+from dsv4.kernels.formats import e8m0_to_fp32
+from dsv4.kernels.gemm import bf16_matmul_fp32, dequantize_fp8
+from dsv4.kernels.quant import act_quant_values
+
+
+@pytest.fixture(scope="module", params=["native", "portable"])
+def lib(request, tmp_path_factory) -> ctypes.CDLL:
+    if request.param == "native":
+        return native.load("gemm")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DSV4_CACHE_DIR", str(tmp_path_factory.mktemp("portable")))
+    mp.setenv("DSV4_NATIVE_CFLAGS", "-mno-avx512f")
+    try:
+        return ctypes.CDLL(str(native.build("gemm")))
+    finally:
+        mp.undo()
+
+
+def _close(out: torch.Tensor, want: torch.Tensor, bound: torch.Tensor) -> None:
+    """|out − want| within fp32 summation error: a few ulps of Σ|x·w| per output."""
+    err = (out.double() - want.double()).abs()
+    assert (err <= 1e-6 * bound.double() + 1e-30).all(), float((err / bound.double()).max())
+
+
+@pytest.mark.parametrize("m, n, k", [(1, 1000, 96), (3, 257, 77), (4, 64, 512), (2, 5, 16)])
+def test_bf16_gemm_is_the_fp32_gemm_of_the_bf16_weight(lib, m, n, k):
+    g = torch.Generator().manual_seed(m * n + k)
+    x = torch.randn(m, k, generator=g)
+    w = (torch.randn(n, k, generator=g) * 0.05).bfloat16()
+    out = gemm_native.bf16_gemm(lib, x, w)
+    assert out.dtype == torch.float32 and out.shape == (m, n)
+    _close(out, x.double() @ w.double().T, x.double().abs() @ w.double().abs().T)
+    xb = x.bfloat16()  # the engine's case: bf16 activations, exact products
+    _close(gemm_native.bf16_gemm(lib, xb, w), bf16_matmul_fp32(xb, w),
+           xb.double().abs() @ w.double().abs().T)  # fmt: skip
+
+
+def _fp8_weight(n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    w = (torch.randn(n, k, generator=g) * 3).to(torch.float8_e4m3fn)
+    w.view(torch.uint8)[0, :8] = torch.arange(8, dtype=torch.uint8)  # subnormals and zero
+    w.view(torch.uint8)[-1, :8] = torch.arange(8, dtype=torch.uint8) | 0x80
+    codes = torch.randint(110, 130, (-(-n // 128), -(-k // 128)), generator=g, dtype=torch.uint8)
+    return w, e8m0_to_fp32(codes)
+
+
+@pytest.mark.parametrize("m, n, k", [(1, 256, 384), (4, 130, 256), (3, 300, 128), (2, 7, 200)])
+def test_fp8_gemm_without_quantization(lib, m, n, k):
+    w, s = _fp8_weight(n, k, seed=n + k)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(k))
+    dense = dequantize_fp8(w, s).double()
+    out = gemm_native.fp8_gemm(lib, x, w, s, quant=False)
+    _close(out, x.double() @ dense.T, x.double().abs() @ dense.abs().T)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("m, n, k", [(1, 256, 384), (4, 130, 256), (3, 300, 128)])
+def test_fp8_gemm_quantizes_the_activation_as_ref(lib, m, n, k, dtype):
+    w, s = _fp8_weight(n, k, seed=n * k)
+    x = (torch.randn(m, k, generator=torch.Generator().manual_seed(m)) * 5).to(dtype)
+    x[0, :128] *= 1e-6  # a block under the amax floor
+    xq = act_quant_values(x, 128).double()  # REF's FP8 values, bit for bit in the kernel
+    dense = dequantize_fp8(w, s).double()
+    out = gemm_native.fp8_gemm(lib, x, w, s, quant=True)
+    _close(out, xq @ dense.T, xq.abs() @ dense.abs().T)
+    assert not torch.equal(out, gemm_native.fp8_gemm(lib, x, w, s, quant=False))
+
+
+def test_bad_shapes_are_named():
+    lib = native.load("gemm")
+    w, s = _fp8_weight(256, 256, seed=1)
+    with pytest.raises(ValueError, match="shapes do not match"):
+        gemm_native.fp8_gemm(lib, torch.zeros(1, 128), w, s, quant=True)
+    with pytest.raises(ValueError, match="K % 128"):
+        gemm_native.fp8_gemm(lib, torch.zeros(1, 200), *_fp8_weight(8, 200, 2), quant=True)
+    with pytest.raises(ValueError, match="weight: expected a contiguous torch.bfloat16"):
+        gemm_native.bf16_gemm(lib, torch.zeros(1, 8), torch.zeros(4, 8))
+
+
+def test_engine_linears_take_the_native_path_for_few_rows(monkeypatch):
+    from dsv4.engine.numerics import Numerics
+    from dsv4.engine.weights import FP8Linear, fp8_linears, linear_fp32
+
+    calls: list[str] = []
+    for name in ("bf16_gemm", "fp8_gemm"):
+        real = getattr(gemm_native, name)
+
+        def spy(*a, _r=real, _n=name, **kw):
+            calls.append(_n)
+            return _r(*a, **kw)
+
+        monkeypatch.setattr(gemm_native, name, spy)
+    w, s = _fp8_weight(256, 256, seed=5)
+    lin = FP8Linear(w, torch.full(s.shape, 127, dtype=torch.uint8))
+    head = torch.randn(300, 256).bfloat16()
+    x = torch.randn(2, 256).bfloat16()
+    nx = Numerics(torch.bfloat16, quant_sim=True)
+    native_out = (fp8_linears(x, (lin,), nx)[0], lin(x, Numerics(quant_sim=False)),
+                  linear_fp32(x, head))  # fmt: skip
+    assert calls == ["fp8_gemm", "fp8_gemm", "bf16_gemm"]
+    monkeypatch.setenv("DSV4_KERNELS", "torch")
+    torch_out = (fp8_linears(x, (lin,), nx)[0], lin(x, Numerics(quant_sim=False)),
+                 linear_fp32(x, head))  # fmt: skip
+    assert len(calls) == 3  # the torch references ran
+    for a, b in zip(native_out, torch_out, strict=True):
+        torch.testing.assert_close(a.float(), b.float(), rtol=1e-2, atol=1e-2)  # bf16 outputs
+    calls.clear()
+    monkeypatch.setenv("DSV4_KERNELS", "auto")
+    fp8_linears(torch.randn(40, 256).bfloat16(), (lin,), nx)  # prefill rows: torch GEMMs
+    assert calls == []

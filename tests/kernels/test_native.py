@@ -1,0 +1,78 @@
+"""The C kernel build: cache, atomic placement, fallbacks and the dispatch modes."""
+
+from __future__ import annotations
+
+import ctypes
+
+import pytest
+import torch
+
+from dsv4.kernels import dispatch, native
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DSV4_CACHE_DIR", str(tmp_path))
+    native.load.cache_clear()
+    native.library.cache_clear()
+    yield tmp_path / "native"
+    native.load.cache_clear()
+    native.library.cache_clear()
+
+
+def test_build_places_one_library_and_reuses_it(fresh_cache):
+    path = native.build("gemm")
+    assert path.parent == fresh_cache and path.name.startswith("gemm-") and path.suffix == ".so"
+    assert [p.name for p in fresh_cache.iterdir()] == [path.name]  # no temporary file left
+    mtime = path.stat().st_mtime_ns
+    assert native.build("gemm") == path and path.stat().st_mtime_ns == mtime  # cache hit
+    assert isinstance(native.load("gemm"), ctypes.CDLL)
+
+
+def test_other_flags_build_another_library(fresh_cache, monkeypatch):
+    first = native.build("gemm")
+    monkeypatch.setenv("DSV4_NATIVE_CFLAGS", "-mno-avx512f")
+    assert native.build("gemm") != first
+
+
+def test_no_compiler_falls_back_with_one_warning(fresh_cache, monkeypatch):
+    monkeypatch.setenv("CC", "no-such-compiler-dsv4")
+    with pytest.raises(native.NativeBuildError, match="no-such-compiler-dsv4"):
+        native.build("gemm")
+    with pytest.warns(RuntimeWarning, match="native CPU kernels 'gemm' unavailable"):
+        assert native.library("gemm") is None
+    x = torch.zeros(1, 4)
+    assert dispatch.native_lib("gemm", x) is None  # auto mode: the torch reference
+    monkeypatch.setenv("DSV4_KERNELS", "native")
+    with pytest.raises(native.NativeBuildError):
+        dispatch.native_lib("gemm", x)
+
+
+def test_compile_error_names_the_source(fresh_cache, tmp_path, monkeypatch):
+    src = tmp_path / "csrc"
+    src.mkdir()
+    (src / "broken.c").write_text("void f(void) { undeclared(); }\n")
+    monkeypatch.setattr(native, "_SRC", src)
+    with pytest.raises(native.NativeBuildError, match=r"broken\.c"):
+        native.build("broken")
+    assert not any(fresh_cache.glob("*.so"))  # nothing half-written left behind
+
+
+def test_dispatch_modes(monkeypatch):
+    x = torch.zeros(1, 4)
+    monkeypatch.setenv("DSV4_KERNELS", "torch")
+    assert dispatch.native_lib("gemm", x) is None
+    monkeypatch.setenv("DSV4_KERNELS", "auto")
+    assert dispatch.native_lib("gemm", x) is not None
+    assert dispatch.native_lib("gemm", x.to("meta")) is None  # not on the CPU
+    monkeypatch.setenv("DSV4_KERNELS", "native")
+    assert dispatch.native_lib("gemm", x) is not None
+    assert not dispatch.use_triton(x)
+    monkeypatch.setenv("DSV4_KERNELS", "bogus")
+    with pytest.raises(dispatch.DispatchError, match="native"):
+        dispatch.native_lib("gemm", x)
+
+
+def test_ptr_rejects_non_contiguous():
+    with pytest.raises(ValueError, match="contiguous CPU tensor"):
+        native.ptr(torch.zeros(4, 4).T)
