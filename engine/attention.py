@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from dsv4.kernels import gemm_native
+from dsv4.kernels import gemm_native, rows_native
+from dsv4.kernels.dispatch import native_lib
 from dsv4.kernels.quant import act_quant_dequant
 from dsv4.kernels.sparse_attn import sparse_attn
 
@@ -93,8 +94,11 @@ class Attention:
         q_low, kv = fp8_linears(x, (self.wq_a, self.wkv), nx, self.qkv_a)  # one act-quant
         qr = rms_norm(q_low, self.q_norm, a.norm_eps)
         q = self.wq_b(qr, nx).view(seq, a.n_heads, a.head_dim)
-        q = q * torch.rsqrt(q.square().mean(-1, keepdim=True) + a.norm_eps)
-        q = apply_rope(q, cos, sin)
+        if (lib := native_lib("rows", q)) is not None:  # both steps in one C call
+            q = rows_native.head_norm_rope(lib, q, cos, sin, norm_eps=a.norm_eps)
+        else:
+            q = q * torch.rsqrt(q.square().mean(-1, keepdim=True) + a.norm_eps)
+            q = apply_rope(q, cos, sin)
         # -- this chunk's window keys (= values)
         kv = rms_norm(kv, self.kv_norm, a.norm_eps)
         kv = self._quant_nope(apply_rope(kv, cos, sin), nx)

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
+from dsv4.kernels import rows_native
+from dsv4.kernels.dispatch import native_lib
+
 from .config import ModelArgs
 
 
@@ -63,7 +66,11 @@ def apply_rope(
     x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool = False
 ) -> torch.Tensor:
     """Rotate the last `2·cos.shape[-1]` dims of x [S, rd'] or [S, H, rd'] (interleaved pairs:
-    (2i, 2i+1) is one complex number). `inverse` rotates by the conjugate. Returns a new tensor."""
+    (2i, 2i+1) is one complex number). `inverse` rotates by the conjugate. Returns a new tensor.
+
+    On CPU one C call does it (`kernels/rows_native.py`, the same fp32 products and sums)."""
+    if (lib := native_lib("rows", x)) is not None and x.dtype in (torch.float32, torch.bfloat16):
+        return rows_native.head_norm_rope(lib, x, cos, sin, inverse=inverse)
     rd = 2 * cos.shape[-1]
     if x.dim() == 3:
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)

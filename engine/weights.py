@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from dsv4.kernels import gemm_native
+from dsv4.kernels import gemm_native, rows_native
 from dsv4.kernels.dispatch import native_lib, use_triton
 from dsv4.kernels.gemm import (
     bf16_matmul_fp32,
@@ -214,7 +214,11 @@ def _stack(names: list[str], get: Getter) -> torch.Tensor:
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """REF's RMSNorm: fp32 statistics and fp32 weight, result cast back to x's dtype."""
+    """REF's RMSNorm: fp32 statistics and fp32 weight, result cast back to x's dtype.
+
+    On CPU one C call (`kernels/rows_native.py`; the sum of squares in another order)."""
+    if (lib := native_lib("rows", x, weight)) is not None and weight.dtype == torch.float32:
+        return rows_native.rms_norm(lib, x, weight, eps)
     xf = x.float()
     xf = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + eps)
     return (weight * xf).to(x.dtype)
