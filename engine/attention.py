@@ -141,8 +141,8 @@ class Attention:
             parts = zip(
                 o.view(seq, g, -1).unbind(1), self.wo_a.view(g, a.o_lora_rank, -1), strict=True
             )
-            y = torch.cat([gemm_native.bf16_gemm(lib, og, wg) for og, wg in parts], dim=1)
-            return self.wo_b(y.to(o.dtype), nx)
+            y = torch.cat([gemm_native.bf16_gemm(lib, og, wg, o.dtype) for og, wg in parts], 1)
+            return self.wo_b(y, nx)
         wo_a = self.wo_a.to(o.dtype).view(g, a.o_lora_rank, -1)  # bf16 in bf16 mode, as REF
         # [G, S, H/G·hd] @ [G, H/G·hd, R]: a batched matmul (torch's einsum is slow in bf16)
         o = torch.bmm(o.view(seq, g, -1).transpose(0, 1), wo_a.transpose(1, 2)).transpose(0, 1)

@@ -19,12 +19,12 @@ import torch
 
 from .rope import Rope, apply_rope
 from .state import CompressorState
-from .weights import Getter, linear_bf16_valued, rms_norm
+from .weights import Getter, linear_fp32, rms_norm
 
 
 @dataclass
 class Compressor:
-    w: torch.Tensor  # fp32 [2·coff·d, D]: wkv over wgate (bf16 in the file, upcast at load)
+    w: torch.Tensor  # bf16 [2·coff·d, D]: wkv over wgate, multiplied in fp32 (`linear_fp32`)
     ape: torch.Tensor  # fp32 [ratio, coff·d]
     norm: torch.Tensor  # fp32 [d]
     ratio: int
@@ -33,9 +33,9 @@ class Compressor:
 
     @classmethod
     def load(cls, get: Getter, prefix: str, ratio: int, d: int, eps: float) -> Compressor:
-        # REF multiplies both in fp32. Kept upcast and stacked (2x their bf16 bytes, small
-        # next to the model): one GEMM per call instead of two, and no upcast per call.
-        w = torch.cat((get(f"{prefix}.wkv.weight"), get(f"{prefix}.wgate.weight"))).float()
+        # REF multiplies both in fp32. Stacked: one GEMM per call instead of two. Kept bf16:
+        # a decode step reads them once at that size (the C GEMV upcasts in registers).
+        w = torch.cat((get(f"{prefix}.wkv.weight"), get(f"{prefix}.wgate.weight")))
         return cls(w, get(f"{prefix}.ape").float(), get(f"{prefix}.norm.weight").float(),
                    ratio, d, eps)  # fmt: skip
 
@@ -51,7 +51,7 @@ class Compressor:
     ) -> tuple[torch.Tensor, CompressorState]:
         """x act [S, D] at positions start… -> (new entries act [n, d], next state)."""
         seq, r = x.shape[0], self.ratio
-        kv, score = linear_bf16_valued(x, self.w).chunk(2, dim=-1)
+        kv, score = linear_fp32(x, self.w).chunk(2, dim=-1)
         score = score + self._ape_rows(start, seq)
         rows_kv = torch.cat((state.kv, kv))
         rows_score = torch.cat((state.score, score))

@@ -98,11 +98,12 @@ class FP8Linear:
         """x act [..., in] -> act [..., out]. With quant_sim: REF's FP8 act-quant + FP8 GEMM."""
         if nx.quant_sim:
             return fp8_linears(x, (self,), nx)[0]
-        lead, x2 = x.shape[:-1], x.reshape(-1, x.shape[-1]).float()
-        exact = x.dtype == torch.bfloat16
+        lead, x2 = x.shape[:-1], x.reshape(-1, x.shape[-1])
         if (lib := native_gemm(x2, self.weight)) is not None:
-            y = gemm_native.fp8_gemm(lib, x2, self.weight, self.scale_fp32, quant=False)
-        elif self.dense is not None:
+            y = gemm_native.fp8_gemm(lib, x2, self.weight, self.scale_fp32, False, x.dtype)
+            return y.view(*lead, -1)
+        x2, exact = x2.float(), x.dtype == torch.bfloat16
+        if self.dense is not None:
             y = kept_matmul(x2, self.dense, bf16_exact=exact)
         else:
             y = fp8_matmul(x2, self.weight, self.scale_fp32, bf16_exact=exact)
@@ -140,7 +141,7 @@ def fp8_linears(
         return [lin(x, nx) for lin in linears]
     lead, x2 = x.shape[:-1], x.reshape(-1, x.shape[-1])
     if (lib := native_gemm(x2, linears[0].weight)) is not None:  # fused act-quant, FP8 read
-        ys = [gemm_native.fp8_gemm(lib, x2, w.weight, w.scale_fp32, quant=True).to(x.dtype)
+        ys = [gemm_native.fp8_gemm(lib, x2, w.weight, w.scale_fp32, True, x.dtype)
               for w in linears]  # fmt: skip
     elif use_triton(x2) or any(lin.dense is None for lin in linears):
         q, s = act_quant(x2, 128)

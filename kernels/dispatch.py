@@ -14,6 +14,8 @@ import os
 
 import torch
 
+from . import native
+
 _MODES = ("torch", "triton", "native", "auto")
 
 
@@ -33,7 +35,12 @@ def triton_available() -> bool:
 
 def kernels_mode() -> str:
     """The `DSV4_KERNELS` setting, validated (default `auto`)."""
-    mode = os.environ.get("DSV4_KERNELS", "auto").strip().lower() or "auto"
+    return _parse_mode(os.environ.get("DSV4_KERNELS"))
+
+
+@functools.lru_cache(maxsize=16)
+def _parse_mode(raw: str | None) -> str:
+    mode = (raw or "auto").strip().lower() or "auto"
     if mode not in _MODES:
         raise DispatchError(f"DSV4_KERNELS={mode!r}: expected one of {', '.join(_MODES)}")
     return mode
@@ -51,12 +58,15 @@ def use_triton(*tensors: torch.Tensor) -> bool:
 
 def native_lib(name: str, *tensors: torch.Tensor):
     """The C library `name` (`native.library`) when the dispatchers should call it for these
-    tensors, else None. In `native` mode a library that cannot be built is an error."""
-    mode = kernels_mode()
-    if mode in ("torch", "triton") or not all(t.device.type == "cpu" for t in tensors):
-        return None
-    from . import native
+    tensors, else None. In `native` mode a library that cannot be built is an error.
 
+    Called for every op of a decode step, so it is kept to a few attribute reads."""
+    mode = kernels_mode()
+    if mode == "torch" or mode == "triton":
+        return None
+    for t in tensors:
+        if not t.is_cpu:
+            return None
     if mode == "native":
         return native.load(name)
     return native.library(name)

@@ -72,13 +72,39 @@ static void bf16_rows(const float *x, int64_t rows, const uint16_t *w, int64_t n
     }
 }
 
-/* x fp32 [M, K] . W^T for W bf16 [N, K] -> y fp32 [M, N]. */
-void dsv4_bf16_gemm(const float *x, const uint16_t *w, float *y, int64_t M, int64_t N,
-                    int64_t K) {
+/* Operands in the caller's dtypes: x fp32 or bf16 (x_bf16) is widened into `xf`; results
+ * are written as fp32, or rounded to bf16 (y_bf16) from the fp32 sums. */
+static float *widen(const void *x, int64_t x_bf16, int64_t count, float *xf) {
+    if (!x_bf16) return memcpy(xf, x, (size_t)count * sizeof(float));
+    for (int64_t i = 0; i < count; i++) xf[i] = bf16_to_f32(((const uint16_t *)x)[i]);
+    return xf;
+}
+
+static void store_bf16(const float *acc, void *y, int64_t count) {
+    for (int64_t i = 0; i < count; i++) ((uint16_t *)y)[i] = f32_to_bf16(acc[i]);
+}
+
+/* x [M, K] . W^T for W bf16 [N, K] -> y [M, N]. Returns 0, or -1 when out of memory. */
+int dsv4_bf16_gemm(const void *x, int64_t x_bf16, const uint16_t *w, void *y, int64_t y_bf16,
+                   int64_t M, int64_t N, int64_t K) {
+    float *xf = malloc((size_t)(M * K) * sizeof(float));
+    float *acc = y_bf16 ? malloc((size_t)(M * N) * sizeof(float)) : y;
+    if (!xf || !acc) {
+        free(xf);
+        if (y_bf16) free(acc);
+        return -1;
+    }
+    widen(x, x_bf16, M * K, xf);
     for (int64_t r = 0; r < M; r += ROWS) {
         int64_t rows = M - r < ROWS ? M - r : ROWS;
-        bf16_rows(x + r * K, rows, w, 0, N, K, y + r * N, N);
+        bf16_rows(xf + r * K, rows, w, 0, N, K, acc + r * N, N);
     }
+    if (y_bf16) {
+        store_bf16(acc, y, M * N);
+        free(acc);
+    }
+    free(xf);
+    return 0;
 }
 
 #define NR 4 /* weight rows per step: independent accumulator chains */
@@ -117,22 +143,27 @@ static void fp8_rows(const float *xs, int64_t rows, const uint8_t *w, int64_t n0
         for (int r = 0; r < rows; r++) y[r * ldy + n0 + j] = sum[j][r];
 }
 
-/* x [M, K] (fp32) . W^T for W e4m3 [N, K] with fp32 block scales s [ceil(N/128), ceil(K/128)]
- * -> y fp32 [M, N]. quant: x first goes through REF's FP8 activation quantization (blocks of
- * 128 along K; K must then be a multiple of 128). work: fp32 [M + min(M, ROWS), K] scratch.
+/* x [M, K] . W^T for W e4m3 [N, K] with fp32 block scales s [ceil(N/128), ceil(K/128)]
+ * -> y [M, N]. quant: x first goes through REF's FP8 activation quantization (blocks of 128
+ * along K; K must then be a multiple of 128). Returns 0, or -1 when out of memory.
  *
  * The 128 weight rows of a block row share their K-block scales, so the scales go into the
  * activation (a power of two: each product is the same as with the dequantized weight) and the
  * weight is only decoded. */
-void dsv4_fp8_gemm(const float *x, const uint8_t *w, const float *s, float *y, float *work,
-                   int64_t M, int64_t N, int64_t K, int64_t quant) {
-    const float *xa = x;
-    float *xs = work + M * K;
-    if (quant) {
-        memcpy(work, x, (size_t)(M * K) * sizeof(float));
-        for (int64_t i = 0; i < M * K; i += FP8_BLOCK) fp8_block_round_trip(work + i, FP8_BLOCK);
-        xa = work;
+int dsv4_fp8_gemm(const void *x, int64_t x_bf16, const uint8_t *w, const float *s, void *y,
+                  int64_t y_bf16, int64_t M, int64_t N, int64_t K, int64_t quant) {
+    int64_t rows_max = M < ROWS ? M : ROWS;
+    float *xa = malloc((size_t)((M + rows_max) * K) * sizeof(float));
+    float *acc = y_bf16 ? malloc((size_t)(M * N) * sizeof(float)) : y;
+    if (!xa || !acc) {
+        free(xa);
+        if (y_bf16) free(acc);
+        return -1;
     }
+    float *xs = xa + M * K;
+    widen(x, x_bf16, M * K, xa);
+    if (quant)
+        for (int64_t i = 0; i < M * K; i += FP8_BLOCK) fp8_block_round_trip(xa + i, FP8_BLOCK);
     int64_t kb = (K + FP8_BLOCK - 1) / FP8_BLOCK;
     for (int64_t r0 = 0; r0 < M; r0 += ROWS) {
         int64_t rows = M - r0 < ROWS ? M - r0 : ROWS;
@@ -143,7 +174,13 @@ void dsv4_fp8_gemm(const float *x, const uint8_t *w, const float *s, float *y, f
                     xs[r * K + k] = xa[(r0 + r) * K + k] * (sn[k / FP8_BLOCK] * 256.0f);
             int64_t n1 = (nb + 1) * FP8_BLOCK < N ? (nb + 1) * FP8_BLOCK : N;
             for (int64_t n = nb * FP8_BLOCK; n < n1; n += NR)
-                fp8_rows(xs, rows, w, n, n1 - n < NR ? n1 - n : NR, K, y + r0 * N, N);
+                fp8_rows(xs, rows, w, n, n1 - n < NR ? n1 - n : NR, K, acc + r0 * N, N);
         }
     }
+    if (y_bf16) {
+        store_bf16(acc, y, M * N);
+        free(acc);
+    }
+    free(xa);
+    return 0;
 }
