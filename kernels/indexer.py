@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .dispatch import use_triton
+from .dispatch import native_lib, use_triton
 
 _KEY_ALIGN = 256  # key tiles start at multiples of this (a multiple of every vector width)
 _MIN_TILE = 32  # fewer GEMM rows or key columns join the previous tile (no skinny GEMMs)
@@ -189,9 +189,14 @@ def index_topk(scores, q_pos, ratio: int, topk: int) -> torch.Tensor:
 
 def index_score_topk(q, k, weights, q_pos, ratio: int, topk: int) -> torch.Tensor:
     """Scores and selection in one call (the engine's entry point). The torch path tiles;
-    the Triton path is one fused kernel that never writes the [M, N] scores to memory."""
+    the Triton path and the C one (CPU) are fused kernels that never write the [M, N]
+    scores to memory."""
     if use_triton(q, k, weights, q_pos):
         from .indexer_triton import index_score_topk_triton
 
         return index_score_topk_triton(q, k, weights, q_pos, ratio, topk)
+    if (lib := native_lib("indexer", q, k, weights, q_pos)) is not None:
+        from .indexer_native import index_score_topk as native_topk
+
+        return native_topk(lib, q, k, weights, q_pos, ratio, topk)
     return index_score_topk_ref(q, k, weights, q_pos, ratio, topk)
