@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from dsv4.kernels import gemm_native
 from dsv4.kernels.moe import moe
 
 from .config import ModelArgs
@@ -23,6 +24,7 @@ from .weights import (
     Getter,
     fp8_linears,
     linear_bf16_valued,
+    native_gemm,
     stack_dense,
 )
 
@@ -41,6 +43,9 @@ class SharedExpert:
 
     def __call__(self, x: torch.Tensor, nx: Numerics) -> torch.Tensor:
         """x act [S, D] -> act [S, D]; SwiGLU in fp32 with REF's clamps."""
+        if (lib := native_gemm(x, self.w1.weight)) is not None:  # decode: one C call
+            w1, w3, w2 = ((w.weight, w.scale_fp32) for w in (self.w1, self.w3, self.w2))
+            return gemm_native.fp8_swiglu(lib, x, w1, w3, w2, self.limit, nx.quant_sim)
         g, u = (y.float() for y in fp8_linears(x, (self.w1, self.w3), nx, self.w13))
         if self.limit > 0:
             u = u.clamp(-self.limit, self.limit)

@@ -15,26 +15,40 @@ import functools
 
 import torch
 
-from .native import I64, P, declare, ptr
+from .native import F32, I64, P, declare, ptr
 
 _ACT = {torch.float32: 0, torch.bfloat16: 1}
 
 
 @functools.cache
 def _fn(lib: ctypes.CDLL, name: str):
-    args = {"dsv4_bf16_gemm": (P, I64, P, P, I64, I64, I64, I64),
-            "dsv4_fp8_gemm": (P, I64, P, P, P, I64, I64, I64, I64, I64)}[name]  # fmt: skip
+    args = {
+        "dsv4_bf16_gemm": (P, I64, P, P, I64, I64, I64, I64),
+        "dsv4_fp8_gemm": (P, I64, P, P, P, I64, I64, I64, I64, I64),
+        "dsv4_fp8_swiglu": (P, I64, P, P, P, P, P, P, P, I64, I64, I64, F32, I64),
+    }[name]
     fn = declare(lib, name, *args)
     fn.restype = ctypes.c_int
     return fn
 
 
+def _check_weight(w: torch.Tensor, dtype: torch.dtype) -> None:
+    if w.dtype != dtype or w.dim() != 2 or not w.is_contiguous():
+        raise ValueError(f"weight: expected a contiguous {dtype} tensor of 2 dims, got "
+                         f"{w.dtype} {tuple(w.shape)} strides {w.stride()}")  # fmt: skip
+
+
+def _check_scale(w: torch.Tensor, scale: torch.Tensor) -> None:
+    want = (-(-w.shape[0] // 128), -(-w.shape[1] // 128))
+    if scale.dtype != torch.float32 or tuple(scale.shape) != want:
+        raise ValueError(f"scale {scale.dtype} {tuple(scale.shape)} for weight "
+                         f"{tuple(w.shape)}: shapes do not match")  # fmt: skip
+
+
 def _operands(x: torch.Tensor, w: torch.Tensor, wdtype: torch.dtype, out_dtype: torch.dtype):
     if x.dtype not in _ACT or out_dtype not in _ACT:
         raise ValueError(f"x {x.dtype}, output {out_dtype}: expected bfloat16 or float32")
-    if w.dtype != wdtype or w.dim() != 2 or not w.is_contiguous():
-        raise ValueError(f"weight: expected a contiguous {wdtype} tensor of 2 dims, got "
-                         f"{w.dtype} {tuple(w.shape)} strides {w.stride()}")  # fmt: skip
+    _check_weight(w, wdtype)
     if x.dim() != 2 or x.shape[1] != w.shape[1]:
         raise ValueError(f"x {tuple(x.shape)} and weight {tuple(w.shape)}: shapes do not match")
     return x.contiguous(), torch.empty(x.shape[0], w.shape[0], dtype=out_dtype)
@@ -68,13 +82,45 @@ def fp8_gemm(
     [⌈N/128⌉, ⌈K/128⌉]; `quant`: x goes through REF's FP8 activation quantization first (the
     values of `quant.act_quant_values(x, 128)`)."""
     x, y = _operands(x, w, torch.float8_e4m3fn, out_dtype)
+    _check_scale(w, scale)
     (m, k), n = x.shape, w.shape[0]
-    if scale.dtype != torch.float32 or tuple(scale.shape) != (-(-n // 128), -(-k // 128)):
-        raise ValueError(f"scale {scale.dtype} {tuple(scale.shape)} for weight "
-                         f"{tuple(w.shape)}: shapes do not match")  # fmt: skip
     if quant and k % 128:
         raise ValueError(f"activation quantization needs K % 128 == 0, got K = {k}")
     rc = _fn(lib, "dsv4_fp8_gemm")(ptr(x), _ACT[x.dtype], ptr(w), ptr(scale), ptr(y),
                                    _ACT[y.dtype], m, n, k, int(quant))  # fmt: skip
     _check_rc(rc, "fp8_gemm")
+    return y
+
+
+def fp8_swiglu(
+    lib: ctypes.CDLL,
+    x: torch.Tensor,
+    w1: tuple[torch.Tensor, torch.Tensor],
+    w3: tuple[torch.Tensor, torch.Tensor],
+    w2: tuple[torch.Tensor, torch.Tensor],
+    limit: float,
+    quant: bool,
+) -> torch.Tensor:
+    """REF's shared expert on x act [M, D] -> act [M, D] in one call: w2(act(silu(g)·u)) with
+    g = w1(x), u = w3(x) rounded to the act dtype and clamped (`limit` > 0); each weight is an
+    (e4m3 [out, in], fp32 block scales) pair, and `quant` is REF's FP8 act-quant before each
+    GEMM."""
+    (b1, c1), (b3, c3), (b2, c2) = w1, w3, w2
+    i, d = b1.shape
+    if b3.shape != (i, d) or b2.shape != (d, i) or x.dim() != 2 or x.shape[1] != d:
+        raise ValueError(f"x {tuple(x.shape)}, w1 {tuple(b1.shape)}, w3 {tuple(b3.shape)}, "
+                         f"w2 {tuple(b2.shape)}: shapes do not match")  # fmt: skip
+    if x.dtype not in _ACT:
+        raise ValueError(f"x {x.dtype}: expected bfloat16 or float32")
+    for b, c in ((b1, c1), (b3, c3), (b2, c2)):
+        _check_weight(b, torch.float8_e4m3fn)
+        _check_scale(b, c)
+    if quant and (d % 128 or i % 128):
+        raise ValueError(f"activation quantization needs D and I % 128 == 0, got {d}, {i}")
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    rc = _fn(lib, "dsv4_fp8_swiglu")(ptr(x), _ACT[x.dtype], ptr(b1), ptr(c1), ptr(b3), ptr(c3),
+                                     ptr(b2), ptr(c2), ptr(y), x.shape[0], d, i, limit,
+                                     int(quant))  # fmt: skip
+    _check_rc(rc, "fp8_swiglu")
     return y

@@ -184,3 +184,30 @@ int dsv4_fp8_gemm(const void *x, int64_t x_bf16, const uint8_t *w, const float *
     free(xa);
     return 0;
 }
+
+/* REF's shared expert on a few rows: g = w1(x), u = w3(x) (FP8 GEMMs whose outputs are
+ * rounded to the act dtype), u = clamp(u, +-limit), g = min(g, limit) (limit > 0), then
+ * h = act(silu(g) * u) in fp32, and y = w2(h) in the act dtype. quant: REF's FP8 activation
+ * quantization before each GEMM. x and y act [M, D]; w1, w3 e4m3 [I, D], w2 [D, I] with
+ * their fp32 block scales. Returns 0, or -1 when out of memory. */
+int dsv4_fp8_swiglu(const void *x, int64_t bf16, const uint8_t *w1, const float *s1,
+                    const uint8_t *w3, const float *s3, const uint8_t *w2, const float *s2,
+                    void *y, int64_t M, int64_t D, int64_t I, float limit, int64_t quant) {
+    float *g = malloc((size_t)(3 * M * I) * sizeof(float));
+    if (!g) return -1;
+    float *u = g + M * I, *h = u + M * I;
+    int rc = dsv4_fp8_gemm(x, bf16, w1, s1, g, 0, M, I, D, quant);
+    rc |= dsv4_fp8_gemm(x, bf16, w3, s3, u, 0, M, I, D, quant);
+    for (int64_t i = 0; !rc && i < M * I; i++) {
+        float gi = bf16 ? round_bf16(g[i]) : g[i], ui = bf16 ? round_bf16(u[i]) : u[i];
+        if (limit > 0) {
+            ui = ui < -limit ? -limit : (ui > limit ? limit : ui);
+            gi = gi > limit ? limit : gi;
+        }
+        float a = gi / (1.0f + expf(-gi)) * ui;
+        h[i] = bf16 ? round_bf16(a) : a;
+    }
+    if (!rc) rc = dsv4_fp8_gemm(h, 0, w2, s2, y, bf16, M, D, I, quant);
+    free(g);
+    return rc;
+}

@@ -15,7 +15,7 @@ import torch
 from dsv4.kernels import gemm_native, native
 from dsv4.kernels.formats import e8m0_to_fp32
 from dsv4.kernels.gemm import bf16_matmul_fp32, dequantize_fp8
-from dsv4.kernels.quant import act_quant_values
+from dsv4.kernels.quant import act_quant_values_ref
 
 
 @pytest.fixture(scope="module", params=["native", "portable"])
@@ -74,7 +74,7 @@ def test_fp8_gemm_quantizes_the_activation_as_ref(lib, m, n, k, dtype):
     w, s = _fp8_weight(n, k, seed=n * k)
     x = (torch.randn(m, k, generator=torch.Generator().manual_seed(m)) * 5).to(dtype)
     x[0, :128] *= 1e-6  # a block under the amax floor
-    xq = act_quant_values(x, 128).double()  # REF's FP8 values, bit for bit in the kernel
+    xq = act_quant_values_ref(x, 128).double()  # REF's FP8 values, bit for bit in the kernel
     dense = dequantize_fp8(w, s).double()
     out = gemm_native.fp8_gemm(lib, x, w, s, quant=True)
     _close(out, xq @ dense.T, xq.abs() @ dense.abs().T)
@@ -123,3 +123,39 @@ def test_engine_linears_take_the_native_path_for_few_rows(monkeypatch):
     monkeypatch.setenv("DSV4_KERNELS", "auto")
     fp8_linears(torch.randn(40, 256).bfloat16(), (lin,), nx)  # prefill rows: torch GEMMs
     assert calls == []
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("quant_sim", [True, False])
+@pytest.mark.parametrize("rows", [1, 3])
+def test_shared_expert_in_one_call_matches_the_torch_path(monkeypatch, dtype, quant_sim, rows):
+    from dsv4.engine.moe import SharedExpert
+    from dsv4.engine.numerics import Numerics
+
+    def lin(n: int, k: int, seed: int):
+        from dsv4.engine.weights import FP8Linear
+
+        w, s = _fp8_weight(n, k, seed)
+        codes = (torch.log2(s).round() + 127).to(torch.uint8)  # the e8m0 bytes of s
+        return FP8Linear(w, codes)
+
+    expert = SharedExpert(lin(256, 384, 1), lin(384, 256, 2), lin(256, 384, 3), limit=10.0)
+    x = (torch.randn(rows, 384, generator=torch.Generator().manual_seed(rows)) * 2).to(dtype)
+    nx = Numerics(dtype, quant_sim)
+    got = expert(x, nx)
+    monkeypatch.setenv("DSV4_KERNELS", "torch")
+    want = expert(x, nx)
+    assert got.dtype == dtype and got.shape == want.shape
+    # fp32 sums in another order, then act-dtype roundings (and FP8 roundings of the hidden
+    # activation): most elements equal, the rest within a couple of act-dtype steps
+    rel = (got.float() - want.float()).abs() / want.float().abs().clamp_min(1e-3)
+    assert (got == want).float().mean() > (0.9 if dtype == torch.bfloat16 else 0.0)
+    assert rel.max() < (0.08 if quant_sim else 0.02), float(rel.max())
+
+
+def test_shared_expert_rejects_mismatched_weights():
+    lib = native.load("gemm")
+    w1, s1 = _fp8_weight(256, 384, 1)
+    w2, s2 = _fp8_weight(384, 128, 2)
+    with pytest.raises(ValueError, match="shapes do not match"):
+        gemm_native.fp8_swiglu(lib, torch.zeros(1, 384), (w1, s1), (w1, s1), (w2, s2), 10.0, True)
