@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .dispatch import use_triton
+from .dispatch import native_lib, use_triton
 
 
 def hc_split_sinkhorn_ref(
@@ -108,6 +108,10 @@ def hc_split_sinkhorn(mixes, scale, base, hc: int, iters: int, eps: float):
         from .mhc_triton import hc_split_sinkhorn_triton
 
         return hc_split_sinkhorn_triton(mixes, scale, base, hc, iters, eps)
+    if native_lib("mhc", mixes, scale, base):
+        from .mhc_native import hc_split_sinkhorn_native
+
+        return hc_split_sinkhorn_native(mixes, scale, base, hc, iters, eps)
     return hc_split_sinkhorn_ref(mixes, scale, base, hc, iters, eps)
 
 
@@ -116,6 +120,10 @@ def hc_pre(h, fn, scale, base, hc: int, iters: int, norm_eps: float, hc_eps: flo
         from .mhc_triton import hc_pre_triton
 
         return hc_pre_triton(h, fn, scale, base, hc, iters, norm_eps, hc_eps)
+    if native_lib("mhc", h, fn, scale, base):
+        from .mhc_native import hc_pre_native
+
+        return hc_pre_native(h, fn, scale, base, hc, iters, norm_eps, hc_eps)
     return hc_pre_ref(h, fn, scale, base, hc, iters, norm_eps, hc_eps)
 
 
@@ -124,4 +132,8 @@ def hc_post(out, h, post, comb):
         from .mhc_triton import hc_post_triton
 
         return hc_post_triton(out, h, post, comb)
+    if native_lib("mhc", out, h, post, comb):
+        from .mhc_native import hc_post_native
+
+        return hc_post_native(out, h, post, comb)
     return hc_post_ref(out, h, post, comb)

@@ -14,38 +14,8 @@
 
 #include "common.h"
 
-#ifdef __AVX512F__
-#include <immintrin.h>
-#endif
-
 #define ROWS 4
 #define FP8_BLOCK 128
-
-#ifdef __AVX512F__
-/* 16 bf16 -> 16 fp32 (a shift of the bits). */
-static inline __m512 load_bf16x16(const uint16_t *p) {
-    __m256i h = _mm256_loadu_si256((const __m256i *)p);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-
-/* 16 e4m3 bytes -> their values / 256 as fp32: the byte's bits moved into an fp16
- * (sign to bit 15, exponent and mantissa shifted left by 7) are the value times 2^-8
- * (subnormals included), and the fp16 -> fp32 conversion is exact. */
-static inline __m512 load_e4m3x16_div256(const uint8_t *p) {
-    __m128i b = _mm_loadu_si128((const __m128i *)p);
-    __m256i w = _mm256_cvtepu8_epi16(b);
-    __m256i mag = _mm256_slli_epi16(_mm256_and_si256(w, _mm256_set1_epi16(0x7f)), 7);
-    __m256i sign = _mm256_slli_epi16(_mm256_and_si256(w, _mm256_set1_epi16(0x80)), 8);
-    return _mm512_cvtph_ps(_mm256_or_si256(mag, sign));
-}
-#endif
-
-static float e4m3_div256_scalar(uint8_t b) {
-    /* value / 256: exponent field e (bias 7), mantissa m; e = 0 is subnormal */
-    int e = (b >> 3) & 0xf, m = b & 7;
-    float v = e ? ldexpf(1.0f + m / 8.0f, e - 7) : ldexpf(m / 8.0f, -6);
-    return ((b & 0x80) ? -v : v) * 0x1p-8f;
-}
 
 /* y[r, n] = sum_k x[r, k] * bf16(w[n, k]) for r < rows (rows <= ROWS); x fp32 [rows, K]. */
 static void bf16_rows(const float *x, int64_t rows, const uint16_t *w, int64_t n0, int64_t n1,
