@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from dsv4.kernels import quant_native
+from dsv4.kernels.dispatch import native_lib
 from dsv4.kernels.indexer import index_score_topk
 from dsv4.kernels.quant import fp4_act_quant_dequant
 
@@ -37,7 +39,10 @@ def _hadamard(n: int, device: str) -> torch.Tensor:
 
 def rotate(x: torch.Tensor) -> torch.Tensor:
     """Hadamard rotation H·x/√n of the last dim in fp32 (the ±1 sums first, then the scale,
-    as the fast transform does), returned in x's dtype."""
+    as the fast transform does), returned in x's dtype. On CPU a fast transform in C
+    (`quant_native.hadamard_fp4`: the same sums in butterfly order)."""
+    if x.dtype in quant_native.ACT and (lib := native_lib("quant", x)) is not None:
+        return quant_native.hadamard_fp4(lib, x, fp4=False)
     n = x.shape[-1]
     return ((x.float() @ _hadamard(n, str(x.device))) * n**-0.5).to(x.dtype)
 
@@ -58,7 +63,12 @@ class Indexer:
                    comp, args.index_n_heads, args.index_head_dim, args.index_topk)  # fmt: skip
 
     def _simulate(self, t: torch.Tensor, nx: Numerics) -> torch.Tensor:
-        return fp4_act_quant_dequant(rotate(t), 32) if nx.quant_sim else t
+        """REF's Hadamard rotation then FP4 round trip of q or k (one C call on CPU)."""
+        if not nx.quant_sim:
+            return t
+        if t.dtype in quant_native.ACT and (lib := native_lib("quant", t)) is not None:
+            return quant_native.hadamard_fp4(lib, t, fp4=True, block=32)
+        return fp4_act_quant_dequant(rotate(t), 32)
 
     def __call__(
         self,

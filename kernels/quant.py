@@ -1,7 +1,8 @@
 """Activation quantization (SPEC §6, §8): FP8 e4m3 with ue8m0 block scales, and FP4 e2m1.
 
 Torch references `*_ref` carry REF's exact numerics; the dispatchers of the same name without
-the suffix call the Triton twins (`quant_triton.py`) when `use_triton` says so.
+the suffix call the Triton twins (`quant_triton.py`) when `use_triton` says so, and the C
+twins (`quant_native.py`, the same values bit for bit) for CPU tensors when `native_lib` does.
 
 * `act_quant`: per row and block of 128, `amax = max(|x|, 1e-4)`, `s = pow2_ceil(amax/448)`
   (smallest power of two, ue8m0), `q = e4m3(clamp(x/s, ±448))`. Inputs of FP8/FP4 GEMMs.
@@ -17,7 +18,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .dispatch import use_triton
+from . import quant_native
+from .dispatch import native_lib, use_triton
 from .formats import FP4_MAX, FP8_MAX, e2m1_round, e4m3_to_fp32_div256, pow2_ceil
 
 _FP8_AMAX_FLOOR = 1e-4
@@ -48,7 +50,7 @@ def act_quant_ref(x: torch.Tensor, block: int = 128) -> tuple[torch.Tensor, torc
     return q.flatten(-2), s.squeeze(-1)
 
 
-def act_quant_values(x: torch.Tensor, block: int = 128) -> torch.Tensor:
+def act_quant_values_ref(x: torch.Tensor, block: int = 128) -> torch.Tensor:
     """x act [..., N] -> fp32 [..., N]: the values `e4m3(clamp(x/s))·s` of `act_quant_ref`'s
     output pair, dequantized (exact: a power-of-two scale times an e4m3 value).
 
@@ -63,14 +65,14 @@ def act_quant_values(x: torch.Tensor, block: int = 128) -> torch.Tensor:
     return _e4m3_values(q).mul_(s).flatten(-2)
 
 
-# Up to this many elements (a few decode rows), `act_quant_values` runs in numpy: the same
+# Up to this many elements (a few decode rows), `act_quant_values_ref` runs in numpy: the same
 # IEEE operations, each dispatched several times faster than a torch op on tiny arrays.
 _NUMPY_MAX = 1 << 14
 _E4M3_MIN_SPACING = np.float32(2.0**-9)  # e4m3 subnormals are multiples of 2^-9
 
 
 def _act_quant_values_numpy(x: torch.Tensor, block: int) -> torch.Tensor:
-    """`act_quant_values` for small CPU tensors, bit for bit: the scale is `_fp8_scales`'
+    """`act_quant_values_ref` for small CPU tensors, bit for bit: the scale is `_fp8_scales`'
     (exact max, floor, fp32 product, power-of-two ceiling from the bits), and the e4m3
     rounding of v = clamp(x/s, ±448) is done on the grid: spacing = 2^(⌊log2|v|⌋ − 3), at least
     2^-9, and v / spacing rounded half to even (e4m3's round-to-nearest-even), times it."""
@@ -125,7 +127,7 @@ def _e4m3_values(q: torch.Tensor) -> torch.Tensor:
 
 def act_quant_dequant_ref(x: torch.Tensor, block: int = 64) -> torch.Tensor:
     """x act [..., N] -> act [..., N]: `(e4m3(clamp(x/s)).float() * s).to(x.dtype)`."""
-    return act_quant_values(x, block).to(x.dtype)
+    return act_quant_values_ref(x, block).to(x.dtype)
 
 
 def fp4_act_quant_dequant_ref(x: torch.Tensor, block: int = 32) -> torch.Tensor:
@@ -147,11 +149,20 @@ def act_quant(x: torch.Tensor, block: int = 128) -> tuple[torch.Tensor, torch.Te
     return act_quant_ref(x, block)
 
 
+def act_quant_values(x: torch.Tensor, block: int = 128) -> torch.Tensor:
+    """`act_quant_values_ref`: x act [..., N] -> fp32 [..., N], in C for CPU tensors."""
+    if (lib := native_lib("quant", x)) is not None and quant_native.supports(x, block):
+        return quant_native.act_quant_values(lib, x, block)
+    return act_quant_values_ref(x, block)
+
+
 def act_quant_dequant(x: torch.Tensor, block: int = 64) -> torch.Tensor:
     if use_triton(x):
         from .quant_triton import act_quant_dequant_triton
 
         return act_quant_dequant_triton(x, block)
+    if (lib := native_lib("quant", x)) is not None and quant_native.supports(x, block):
+        return quant_native.act_quant_dequant(lib, x, block)
     return act_quant_dequant_ref(x, block)
 
 
@@ -160,4 +171,6 @@ def fp4_act_quant_dequant(x: torch.Tensor, block: int = 32) -> torch.Tensor:
         from .quant_triton import fp4_act_quant_dequant_triton
 
         return fp4_act_quant_dequant_triton(x, block)
+    if (lib := native_lib("quant", x)) is not None and quant_native.supports(x, block):
+        return quant_native.fp4_act_quant_dequant(lib, x, block)
     return fp4_act_quant_dequant_ref(x, block)
