@@ -24,7 +24,15 @@ from .numerics import Numerics
 from .rope import Rope, apply_rope
 from .sparse_indexer import Indexer
 from .state import EntryCache, LayerState
-from .weights import FP8Linear, Getter, fp8_linears, native_gemm, rms_norm, stack_dense
+from .weights import (
+    FP8Linear,
+    Getter,
+    amx_gemm,
+    fp8_linears,
+    native_gemm,
+    rms_norm,
+    stack_dense,
+)
 
 
 @dataclass
@@ -143,6 +151,8 @@ class Attention:
             )
             y = torch.cat([gemm_native.bf16_gemm(lib, og, wg, o.dtype) for og, wg in parts], 1)
             return self.wo_b(y, nx)
+        if g == 1 and (y := amx_gemm(o.view(seq, -1), self.wo_a, out_dtype=o.dtype)) is not None:
+            return self.wo_b(y, nx)  # prefill on AMX tiles: fp32 sums rounded once, as REF
         wo_a = self.wo_a.to(o.dtype).view(g, a.o_lora_rank, -1)  # bf16 in bf16 mode, as REF
         # [G, S, H/G·hd] @ [G, H/G·hd, R]: a batched matmul (torch's einsum is slow in bf16)
         o = torch.bmm(o.view(seq, g, -1).transpose(0, 1), wo_a.transpose(1, 2)).transpose(0, 1)

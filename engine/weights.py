@@ -49,15 +49,39 @@ def native_gemm(x2: torch.Tensor, weight: torch.Tensor):
     return native_lib("gemm", x2, weight) if x2.shape[0] <= NATIVE_MAX_ROWS else None
 
 
+def amx_ready() -> bool:
+    """Whether CPU GEMMs of bf16-valued operands run on AMX tiles here (`gemm_native.amx_gemm`)."""
+    lib = native_lib("amx")
+    return lib is not None and gemm_native.amx_ready(lib)
+
+
+def amx_gemm(
+    x2: torch.Tensor,
+    weight: torch.Tensor,
+    scale: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor | None:
+    """x2 bf16 [M, K] @ Wᵀ on AMX tiles (W bf16, or FP8 with fp32 block `scale`) for more than
+    `NATIVE_MAX_ROWS` rows (prefill); None where that path does not apply."""
+    if x2.shape[0] <= NATIVE_MAX_ROWS or x2.dtype != torch.bfloat16:
+        return None
+    lib = native_lib("amx", x2, weight)
+    return None if lib is None else gemm_native.amx_gemm(lib, x2, weight, scale, out_dtype)
+
+
 DENSE_ENV = "DSV4_CPU_DENSE_FP8"
-"""Set to 0 to keep FP8 linears as FP8 only on CPU (4x less memory for them, slower)."""
+"""1: CPU FP8 linears also keep their weight dequantized to fp32; 0: never; unset: only where
+the AMX GEMM cannot run (it decodes FP8 tiles on the fly, as fast as the dense GEMM)."""
 
 
 def keep_dense_on_cpu() -> bool:
-    """Whether CPU FP8 linears keep their weight dequantized (`FP8Linear.dense`): on unless
-    `DSV4_CPU_DENSE_FP8=0`. The extra memory is 3x those linears' FP8 bytes (~10 % of a real
-    V4 checkpoint, +53 MiB on the medium tiny one); turning it off changes no result."""
-    return os.environ.get(DENSE_ENV, "1").strip() != "0"
+    """Whether CPU FP8 linears keep their weight dequantized (`FP8Linear.dense`) for the torch
+    GEMMs of prefill (see `DENSE_ENV`). The extra memory is 3x those linears' FP8 bytes (~10 %
+    of a real V4 checkpoint, +53 MiB on the medium tiny one); it changes no result."""
+    setting = os.environ.get(DENSE_ENV, "").strip()
+    if setting in ("0", "1"):
+        return setting == "1"
+    return not amx_ready()
 
 
 @dataclass
@@ -102,6 +126,8 @@ class FP8Linear:
         if (lib := native_gemm(x2, self.weight)) is not None:
             y = gemm_native.fp8_gemm(lib, x2, self.weight, self.scale_fp32, False, x.dtype)
             return y.view(*lead, -1)
+        if (y := amx_gemm(x2, self.weight, self.scale_fp32, x.dtype)) is not None:
+            return y.view(*lead, -1)
         x2, exact = x2.float(), x.dtype == torch.bfloat16
         if self.dense is not None:
             y = kept_matmul(x2, self.dense, bf16_exact=exact)
@@ -143,6 +169,8 @@ def fp8_linears(
     if (lib := native_gemm(x2, linears[0].weight)) is not None:  # fused act-quant, FP8 read
         ys = [gemm_native.fp8_gemm(lib, x2, w.weight, w.scale_fp32, True, x.dtype)
               for w in linears]  # fmt: skip
+    elif (ys := _amx_fp8_linears(x2, linears, x.dtype)) is not None:
+        pass
     elif use_triton(x2) or any(lin.dense is None for lin in linears):
         q, s = act_quant(x2, 128)
         ys = [fp8_gemm_kept(q, s, w.weight, w.scale, w.scale_fp32, x.dtype) for w in linears]
@@ -153,6 +181,16 @@ def fp8_linears(
         xq = act_quant_values(x2, 128)
         ys = [kept_matmul(xq, lin.dense, bf16_exact=True).to(x.dtype) for lin in linears]
     return [y.reshape(*lead, -1) for y in ys]
+
+
+def _amx_fp8_linears(x2, linears: tuple[FP8Linear, ...], dtype) -> list[torch.Tensor] | None:
+    """Prefill rows on AMX: REF's act-quant values (e4m3 x power-of-two: exact in bf16) times
+    each FP8 weight decoded tile by tile; None where AMX does not apply."""
+    if x2.shape[0] <= NATIVE_MAX_ROWS or x2.is_cuda or not amx_ready():
+        return None
+    xq = act_quant_values(x2, 128).to(torch.bfloat16)
+    ys = [amx_gemm(xq, lin.weight, lin.scale_fp32, dtype) for lin in linears]
+    return None if any(y is None for y in ys) else ys
 
 
 def linear_act(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -169,6 +207,8 @@ def linear_fp32(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if weight.dtype == torch.bfloat16 and (lib := native_gemm(x2, weight)) is not None:
         return gemm_native.bf16_gemm(lib, x2, weight).view(*lead, -1)
     if x2.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16:
+        if (y := amx_gemm(x2, weight)) is not None:
+            return y.view(*lead, -1)
         return bf16_matmul_fp32(x2, weight).view(*lead, -1)
     y = slab_matmul(x2.float(), weight.shape[0], lambda lo, hi: weight[lo:hi].float())
     return y.view(*lead, -1)

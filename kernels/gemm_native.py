@@ -26,6 +26,7 @@ def _fn(lib: ctypes.CDLL, name: str):
         "dsv4_bf16_gemm": (P, I64, P, P, I64, I64, I64, I64),
         "dsv4_fp8_gemm": (P, I64, P, P, P, I64, I64, I64, I64, I64),
         "dsv4_fp8_swiglu": (P, I64, P, P, P, P, P, P, P, I64, I64, I64, F32, I64),
+        "dsv4_amx_gemm": (P, P, I64, P, P, I64, I64, I64, I64),
     }[name]
     fn = declare(lib, name, *args)
     fn.restype = ctypes.c_int
@@ -123,4 +124,40 @@ def fp8_swiglu(
                                      ptr(b2), ptr(c2), ptr(y), x.shape[0], d, i, limit,
                                      int(quant))  # fmt: skip
     _check_rc(rc, "fp8_swiglu")
+    return y
+
+
+@functools.cache
+def amx_ready(lib: ctypes.CDLL) -> bool:
+    """Whether the AMX GEMM runs here: built with AMX support and granted the tile state."""
+    init = lib.dsv4_amx_init
+    init.argtypes, init.restype = [], ctypes.c_int
+    return bool(init())
+
+
+def amx_gemm(
+    lib: ctypes.CDLL,
+    x: torch.Tensor,
+    w: torch.Tensor,
+    scale: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor | None:
+    """x bf16 [M, K] @ Wᵀ on AMX tiles -> [M, N] in out_dtype (fp32 sums), for W = w bf16
+    [N, K], or w e4m3 [N, K] times fp32 block `scale`; None when the tiles cannot take it
+    (no AMX here, or K not a multiple of 32): the caller then runs its torch GEMM.
+
+    Exact products of bf16 values with fp32 accumulation: REF's fp32 GEMM of bf16-valued
+    operands up to the summation order."""
+    if not amx_ready(lib) or w.shape[1] % 32:
+        return None
+    fp8 = w.dtype == torch.float8_e4m3fn
+    x, y = _operands(x, w, w.dtype if fp8 else torch.bfloat16, out_dtype)
+    if x.dtype != torch.bfloat16:
+        raise ValueError(f"x {x.dtype}: the AMX GEMM takes bf16 activations")
+    if fp8:
+        _check_scale(w, scale)
+    (m, k), n = x.shape, w.shape[0]
+    s = ptr(scale) if fp8 else None
+    rc = _fn(lib, "dsv4_amx_gemm")(ptr(x), ptr(w), int(fp8), s, ptr(y), _ACT[y.dtype], m, n, k)
+    _check_rc(rc, "amx_gemm")
     return y

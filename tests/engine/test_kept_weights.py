@@ -51,8 +51,16 @@ def _logits(model, ids: list[int]) -> list[torch.Tensor]:
     return out
 
 
+@pytest.fixture
+def torch_gemms(monkeypatch):
+    """The torch GEMM paths these tests compare (the C kernels would take the GEMMs over, and
+    the AMX one makes the dense copies unnecessary), with the dense FP8 copies kept."""
+    monkeypatch.setenv("DSV4_KERNELS", "torch")
+    monkeypatch.setenv("DSV4_CPU_DENSE_FP8", "1")
+
+
 @pytest.mark.parametrize("dtype, sim", [(torch.bfloat16, True), (torch.float32, False)])
-def test_kept_weights_give_identical_logits(golden_tokens, dtype, sim):
+def test_kept_weights_give_identical_logits(golden_tokens, dtype, sim, torch_gemms):
     torch.set_num_threads(1)
     kept = load_model(GOLDEN, dtype=dtype, quant_sim=sim)
     plain = load_model(GOLDEN, dtype=dtype, quant_sim=sim)
@@ -74,7 +82,7 @@ def test_one_token_window_step_matches_the_chunk_path(start):
     assert torch.equal(fast.window, general.window)
 
 
-def test_dense_weights_can_be_turned_off(golden_tokens, monkeypatch):
+def test_dense_weights_can_be_turned_off(golden_tokens, monkeypatch, torch_gemms):
     torch.set_num_threads(1)
     kept = load_model(GOLDEN, dtype=torch.bfloat16, quant_sim=True)
     monkeypatch.setenv("DSV4_CPU_DENSE_FP8", "0")
@@ -82,3 +90,18 @@ def test_dense_weights_can_be_turned_off(golden_tokens, monkeypatch):
     assert _drop_kept(lean) == 0  # nothing was kept
     for a, b in zip(_logits(kept, golden_tokens), _logits(lean, golden_tokens), strict=True):
         assert torch.equal(a, b)
+
+
+def test_dense_copies_are_kept_only_without_amx(monkeypatch):
+    from dsv4.engine import weights
+
+    monkeypatch.delenv("DSV4_CPU_DENSE_FP8", raising=False)
+    monkeypatch.setattr(weights, "amx_ready", lambda: True)
+    assert not weights.keep_dense_on_cpu()
+    monkeypatch.setattr(weights, "amx_ready", lambda: False)
+    assert weights.keep_dense_on_cpu()
+    monkeypatch.setenv("DSV4_CPU_DENSE_FP8", "0")
+    assert not weights.keep_dense_on_cpu()
+    monkeypatch.setenv("DSV4_CPU_DENSE_FP8", "1")
+    monkeypatch.setattr(weights, "amx_ready", lambda: True)
+    assert weights.keep_dense_on_cpu()

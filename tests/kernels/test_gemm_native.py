@@ -159,3 +159,69 @@ def test_shared_expert_rejects_mismatched_weights():
     w2, s2 = _fp8_weight(384, 128, 2)
     with pytest.raises(ValueError, match="shapes do not match"):
         gemm_native.fp8_swiglu(lib, torch.zeros(1, 384), (w1, s1), (w1, s1), (w2, s2), 10.0, True)
+
+
+@pytest.fixture(scope="module")
+def amx():
+    lib = native.load("amx")
+    if not gemm_native.amx_ready(lib):
+        pytest.skip("no AMX tiles on this CPU (or the OS does not grant them)")
+    return lib
+
+
+@pytest.mark.parametrize("m, n, k", [(256, 1000, 512), (37, 333, 96), (5, 17, 32), (70, 4096, 256)])
+def test_amx_bf16_gemm_is_the_fp32_gemm_of_bf16_operands(amx, m, n, k):
+    g = torch.Generator().manual_seed(m + n)
+    x = torch.randn(m, k, generator=g).bfloat16()
+    w = (torch.randn(n, k, generator=g) * 0.05).bfloat16()
+    out = gemm_native.amx_gemm(amx, x, w)
+    assert out.dtype == torch.float32 and out.shape == (m, n)
+    _close(out, x.double() @ w.double().T, x.double().abs() @ w.double().abs().T)
+    rounded = gemm_native.amx_gemm(amx, x, w, out_dtype=torch.bfloat16)
+    assert torch.equal(rounded, out.bfloat16())  # bf16 output: the fp32 sums rounded once
+
+
+@pytest.mark.parametrize("m, n, k", [(40, 256, 384), (9, 130, 256), (128, 300, 128)])
+def test_amx_fp8_gemm_decodes_the_weight_exactly(amx, m, n, k):
+    w, s = _fp8_weight(n, k, seed=n + k)
+    x = (torch.randn(m, k, generator=torch.Generator().manual_seed(k)) * 3).bfloat16()
+    dense = dequantize_fp8(w, s).double()
+    out = gemm_native.amx_gemm(amx, x, w, s)
+    _close(out, x.double() @ dense.T, x.double().abs() @ dense.abs().T)
+
+
+def test_amx_declines_what_it_cannot_take(amx):
+    x = torch.randn(20, 48).bfloat16()
+    assert gemm_native.amx_gemm(amx, x, torch.randn(8, 48).bfloat16()) is None  # K % 32
+    with pytest.raises(ValueError, match="bf16 activations"):
+        gemm_native.amx_gemm(amx, torch.randn(20, 64), torch.randn(8, 64).bfloat16())
+
+
+def test_engine_prefill_linears_run_on_amx(amx, monkeypatch):
+    from dsv4.engine.numerics import Numerics
+    from dsv4.engine.weights import FP8Linear, fp8_linears, linear_fp32
+
+    calls = []
+    real = gemm_native.amx_gemm
+    monkeypatch.setattr(gemm_native, "amx_gemm",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))  # fmt: skip
+    w, s = _fp8_weight(256, 256, seed=5)
+    lin = FP8Linear(w, (torch.log2(s).round() + 127).to(torch.uint8))
+    x = torch.randn(40, 256).bfloat16()
+    got = fp8_linears(x, (lin,), Numerics(torch.bfloat16, quant_sim=True))[0]
+    head = (torch.randn(300, 256) * 0.05).bfloat16()
+    logits = linear_fp32(x, head)
+    assert len(calls) == 2
+    monkeypatch.setenv("DSV4_KERNELS", "torch")
+    want = fp8_linears(x, (lin,), Numerics(torch.bfloat16, quant_sim=True))[0]
+    assert (got != want).float().mean() < 0.01  # bf16 outputs: summation order only
+    torch.testing.assert_close(logits, linear_fp32(x, head), rtol=1e-5, atol=1e-5)
+
+
+def test_amx_build_without_tiles_declines(tmp_path, monkeypatch):
+    monkeypatch.setenv("DSV4_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("DSV4_NATIVE_CFLAGS", "-mno-amx-tile -mno-amx-bf16")
+    lib = ctypes.CDLL(str(native.build("amx")))
+    assert not gemm_native.amx_ready(lib)
+    x = torch.randn(20, 64).bfloat16()
+    assert gemm_native.amx_gemm(lib, x, torch.randn(8, 64).bfloat16()) is None
