@@ -13,8 +13,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .dispatch import use_triton
+from .dispatch import native_lib, use_triton
 from .gemm import BF16_MIN_ROWS, bf16_products, dequantize_fp4
+from .moe_native import moe_native, native_supported
 from .quant import act_quant_dequant
 
 _GROUP_BYTES = 1 << 26  # dequantized fp32 weights of the experts processed together
@@ -137,4 +138,7 @@ def moe(x, topk_ids, topk_weights, w1, w1_s, w3, w3_s, w2, w2_s, swiglu_limit, q
         from .moe_triton import moe_triton
 
         return moe_triton(*args, swiglu_limit, quant_sim)
+    lib = native_lib("moe", *args)
+    if lib is not None and native_supported(*args, quant_sim):
+        return moe_native(lib, *args, swiglu_limit, quant_sim)
     return moe_ref(*args, swiglu_limit, quant_sim)
