@@ -17,28 +17,45 @@
 #define ROWS 4
 #define FP8_BLOCK 128
 
-/* y[r, n] = sum_k x[r, k] * bf16(w[n, k]) for r < rows (rows <= ROWS); x fp32 [rows, K]. */
+#define NR 4 /* weight rows per step: independent accumulator chains */
+#define PREFETCH_ROWS 8 /* weight rows ahead to prefetch (decode reads W once, from memory) */
+
+/* y[r, n] = sum_k x[r, k] * bf16(w[n, k]) for r < rows (rows <= ROWS), n0 <= n < n1;
+ * x fp32 [rows, K]. NR weight rows at a time keep NR x rows chains in flight. */
 static void bf16_rows(const float *x, int64_t rows, const uint16_t *w, int64_t n0, int64_t n1,
                       int64_t K, float *y, int64_t ldy) {
-    for (int64_t n = n0; n < n1; n++) {
-        const uint16_t *wr = w + n * K;
-        float acc[ROWS] = {0};
+    for (int64_t n = n0; n < n1; n += NR) {
+        int64_t nr = n1 - n < NR ? n1 - n : NR;
+        const uint16_t *wr[NR];
+        for (int j = 0; j < NR; j++) wr[j] = w + (n + (j < nr ? j : 0)) * K;
+        float acc[NR][ROWS] = {{0}};
         int64_t k = 0;
 #ifdef __AVX512F__
-        __m512 va[ROWS];
-        for (int r = 0; r < ROWS; r++) va[r] = _mm512_setzero_ps();
+        __m512 va[NR][ROWS];
+        for (int j = 0; j < NR; j++)
+            for (int r = 0; r < ROWS; r++) va[j][r] = _mm512_setzero_ps();
+        const char *ahead = (const char *)(w + (n + PREFETCH_ROWS) * K);
+        const char *end = (const char *)(w + n1 * K);
         for (; k + 16 <= K; k += 16) {
-            __m512 wv = load_bf16x16(wr + k);
-            for (int r = 0; r < rows; r++)
-                va[r] = _mm512_fmadd_ps(_mm512_loadu_ps(x + r * K + k), wv, va[r]);
+            if (ahead + 2 * (k + NR * K) <= end && (k & 15) == 0)
+                for (int j = 0; j < NR; j++) _mm_prefetch(ahead + 2 * (j * K + k), _MM_HINT_T0);
+            __m512 wv[NR];
+            for (int j = 0; j < NR; j++) wv[j] = load_bf16x16(wr[j] + k);
+            for (int r = 0; r < rows; r++) {
+                __m512 xv = _mm512_loadu_ps(x + r * K + k);
+                for (int j = 0; j < NR; j++) va[j][r] = _mm512_fmadd_ps(xv, wv[j], va[j][r]);
+            }
         }
-        for (int r = 0; r < rows; r++) acc[r] = _mm512_reduce_add_ps(va[r]);
+        for (int j = 0; j < NR; j++)
+            for (int r = 0; r < rows; r++) acc[j][r] = _mm512_reduce_add_ps(va[j][r]);
 #endif
-        for (; k < K; k++) {
-            float wv = bf16_to_f32(wr[k]);
-            for (int r = 0; r < rows; r++) acc[r] += x[r * K + k] * wv;
-        }
-        for (int r = 0; r < rows; r++) y[r * ldy + n] = acc[r];
+        for (; k < K; k++)
+            for (int j = 0; j < NR; j++) {
+                float wv = bf16_to_f32(wr[j][k]);
+                for (int r = 0; r < rows; r++) acc[j][r] += x[r * K + k] * wv;
+            }
+        for (int j = 0; j < nr; j++)
+            for (int r = 0; r < rows; r++) y[r * ldy + n + j] = acc[j][r];
     }
 }
 
@@ -76,8 +93,6 @@ int dsv4_bf16_gemm(const void *x, int64_t x_bf16, const uint16_t *w, void *y, in
     free(xf);
     return 0;
 }
-
-#define NR 4 /* weight rows per step: independent accumulator chains */
 
 /* y[r, n0 + j] = sum_k xs[r, k] * e4m3(w[(n0 + j), k]) / 256 for j < nr, r < rows: the
  * activation xs already carries the block scales (times 256). */
