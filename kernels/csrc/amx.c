@@ -130,12 +130,15 @@ static void pack_b(const uint16_t *rows, int64_t K, uint16_t *bt) {
 static void store_tile(const float *c, void *y, int64_t y_bf16, int64_t m0, int64_t n0,
                        int64_t M, int64_t N) {
     int64_t mm = M - m0 < 16 ? M - m0 : 16, nn = N - n0 < 16 ? N - n0 : 16;
+    if (mm <= 0 || nn <= 0) return;
+    __mmask16 cols = (__mmask16)((1u << nn) - 1);
     for (int64_t m = 0; m < mm; m++) {
         int64_t row = (m0 + m) * N + n0;
+        __m512 v = _mm512_load_ps(c + m * 16);
         if (y_bf16)
-            for (int64_t n = 0; n < nn; n++) ((uint16_t *)y)[row + n] = f32_to_bf16(c[m * 16 + n]);
+            _mm256_mask_storeu_epi16((uint16_t *)y + row, cols, f32x16_to_bf16(v));
         else
-            for (int64_t n = 0; n < nn; n++) ((float *)y)[row + n] = c[m * 16 + n];
+            _mm512_mask_storeu_ps((float *)y + row, cols, v);
     }
 }
 

@@ -27,7 +27,7 @@ def _tables(rows: int, half: int, seed: int):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("shape", [(1, 8, 512), (7, 3, 96), (5, 64), (1, 16, 128)])
+@pytest.mark.parametrize("shape", [(1, 8, 512), (7, 3, 96), (5, 64), (1, 16, 128), (3, 2, 72)])
 @pytest.mark.parametrize("inverse", [False, True])
 def test_rope_is_bit_identical(lib, monkeypatch, dtype, shape, inverse):
     from dsv4.engine.rope import apply_rope
