@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from .dispatch import use_triton
+from .dispatch import native_lib, use_triton
+from .sparse_attn_native import native_supported, sparse_attn_native
 
 
 def sparse_attn_ref(
@@ -82,4 +83,7 @@ def sparse_attn(q, kv, attn_sink, topk_idxs, scale: float) -> torch.Tensor:
         from .sparse_attn_triton import sparse_attn_triton
 
         return sparse_attn_triton(q, kv, attn_sink, topk_idxs, scale)
+    lib = native_lib("sparse_attn", q, kv, attn_sink, topk_idxs)
+    if lib is not None and native_supported(q, kv, attn_sink, topk_idxs):
+        return sparse_attn_native(lib, q, kv, attn_sink, topk_idxs, scale)
     return sparse_attn_ref(q, kv, attn_sink, topk_idxs, scale)
