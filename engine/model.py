@@ -13,6 +13,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from dsv4.kernels.dispatch import pinned_mode
+
 from .block import Block
 from .config import ModelArgs
 from .numerics import Numerics
@@ -118,6 +120,12 @@ class Model:
         act [S, hc, D]); advances `state`. `logits`: "last" computes only the last row
         ([1, V]) and "none" none ([0, V]): the head over a long prompt's every position would
         cost more than the rest of the forward pass, and S x 129,280 fp32 values of memory."""
+        with pinned_mode():
+            return self._forward(ids, state, logits)
+
+    def _forward(
+        self, ids: torch.Tensor, state: SequenceState, logits: LogitRows
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         nx, start = self.numerics, state.pos
         h = self.embed[ids].to(nx.dtype)
         h = h.unsqueeze(1).expand(-1, self.args.hc_mult, -1).contiguous()
@@ -134,6 +142,10 @@ class Model:
                     depth: int = 0) -> torch.Tensor:  # fmt: skip
         """MTP block `depth`: main streams act [S, hc, D] (pre-hc_head) with the ids of the NEXT
         tokens [S] at positions start… -> fp32 logits [S, V] for the token after those."""
+        with pinned_mode():
+            return self._mtp_forward(h, ids, start, state, depth)
+
+    def _mtp_forward(self, h, ids, start: int, state: LayerState, depth: int) -> torch.Tensor:
         m, nx, eps = self.mtp[depth], self.numerics, self.args.norm_eps
         e = rms_norm(self.embed[ids].to(nx.dtype), m.enorm, eps)
         x = m.e_proj(e, nx).unsqueeze(1) + m.h_proj(rms_norm(h, m.hnorm, eps), nx)

@@ -9,8 +9,11 @@ is made per call so that tests can switch it with the environment.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import os
+from collections.abc import Iterator
 
 import torch
 
@@ -33,9 +36,24 @@ def triton_available() -> bool:
     return True
 
 
+_PINNED: contextvars.ContextVar[str | None] = contextvars.ContextVar("dsv4_kernels", default=None)
+
+
 def kernels_mode() -> str:
-    """The `DSV4_KERNELS` setting, validated (default `auto`)."""
-    return _parse_mode(os.environ.get("DSV4_KERNELS"))
+    """The `DSV4_KERNELS` setting, validated (default `auto`); inside `pinned_mode`, the
+    setting read when it was entered."""
+    return _PINNED.get() or _parse_mode(os.environ.get("DSV4_KERNELS"))
+
+
+@contextlib.contextmanager
+def pinned_mode() -> Iterator[str]:
+    """Read `DSV4_KERNELS` once for the block: a forward pass dispatches a few thousand ops,
+    and reading the environment for each of them cost more than some of the kernels."""
+    token = _PINNED.set(_parse_mode(os.environ.get("DSV4_KERNELS")))
+    try:
+        yield _PINNED.get()
+    finally:
+        _PINNED.reset(token)
 
 
 @functools.lru_cache(maxsize=16)

@@ -133,7 +133,7 @@ def library(name: str) -> ctypes.CDLL | None:
 
 def ptr(t: torch.Tensor) -> int:
     """The data address of a contiguous CPU tensor, to pass as a `c_void_p` argument."""
-    if t.device.type != "cpu" or not t.is_contiguous():
+    if not (t.is_cpu and t.is_contiguous()):
         raise ValueError(
             f"native kernel operand must be a contiguous CPU tensor: {t.device}, "
             f"strides {t.stride()} for shape {tuple(t.shape)}"
