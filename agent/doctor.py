@@ -61,6 +61,22 @@ def _triton() -> Check:
         return Check("triton", "broken", False, False, str(exc).splitlines()[0][:120])
 
 
+def _cpu_kernels() -> Check:
+    """Whether the engine's C kernels build here (first use compiles them), and AMX."""
+    try:
+        from dsv4.kernels import gemm_native, native
+
+        native.load("gemm")
+        amx = gemm_native.amx_ready(native.load("amx"))
+    except Exception as exc:  # no compiler, a failed build, a library the loader rejects
+        first = str(exc).splitlines()[0][:120]
+        return Check(
+            "cpu kernels", "torch references", False, False, f"C kernels unavailable: {first}"
+        )
+    return Check("cpu kernels", "C" + (" + AMX tiles" if amx else ""), True, False,
+                 str(native.cache_dir()))  # fmt: skip
+
+
 def _tokenizer() -> Check:
     try:
         from dsv4.engine.tokenizer import default_tokenizer_file
@@ -157,6 +173,7 @@ def collect(
         _python(),
         *_torch(),
         _triton(),
+        _cpu_kernels(),
         _tokenizer(),
         _git(),
         *_models(model, env),

@@ -77,3 +77,19 @@ def test_cached_v4_model_appears_in_report(tmp_path: Path) -> None:
     assert [(c.name, c.value, c.ok) for c in models] == [
         ("model (hf-cache)", "deepseek-ai/DeepSeek-V4-Flash", True)
     ]
+
+
+def test_reports_the_cpu_kernels_and_their_fallback(tmp_path: Path, monkeypatch) -> None:
+    from dsv4.kernels import native
+
+    check = doctor._cpu_kernels()
+    assert check.ok and check.value.startswith("C") and not check.essential
+    monkeypatch.setenv("DSV4_CACHE_DIR", str(tmp_path))  # nothing built there yet
+    monkeypatch.setenv("CC", "no-such-compiler-dsv4")
+    native.load.cache_clear()
+    try:
+        check = doctor._cpu_kernels()
+    finally:
+        native.load.cache_clear()
+    assert not check.ok and check.value == "torch references"
+    assert "no-such-compiler-dsv4" in check.detail

@@ -76,3 +76,13 @@ def test_dispatch_modes(monkeypatch):
 def test_ptr_rejects_non_contiguous():
     with pytest.raises(ValueError, match="contiguous CPU tensor"):
         native.ptr(torch.zeros(4, 4).T)
+
+
+def test_the_mode_is_read_once_per_pinned_block(monkeypatch):
+    x = torch.zeros(1, 4)
+    monkeypatch.setenv("DSV4_KERNELS", "auto")
+    with dispatch.pinned_mode() as mode:
+        assert mode == "auto"
+        monkeypatch.setenv("DSV4_KERNELS", "torch")
+        assert dispatch.kernels_mode() == "auto" and dispatch.native_lib("gemm", x) is not None
+    assert dispatch.kernels_mode() == "torch" and dispatch.native_lib("gemm", x) is None
