@@ -13,12 +13,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from dsv4.kernels import gemm_native
+from dsv4.kernels import gemm_native, route_native
+from dsv4.kernels.dispatch import native_lib
 from dsv4.kernels.moe import moe
 
 from .config import ModelArgs
 from .numerics import Numerics
 from .weights import (
+    NATIVE_MAX_ROWS,
     ExpertBank,
     FP8Linear,
     Getter,
@@ -76,6 +78,9 @@ class MoE:
 
     def route(self, x: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x act [S, D], ids [S] -> (expert ids int64 [S, k], weights fp32 [S, k])."""
+        if x.shape[0] <= NATIVE_MAX_ROWS and (lib := native_lib("route", x, ids)) is not None:
+            return route_native.route(lib, x, self.gate, self.bias, self.tid2eid, ids,
+                                      self.topk, self.route_scale)  # fmt: skip
         scores = F.softplus(linear_bf16_valued(x, self.gate)).sqrt()
         if self.tid2eid is not None:
             idx = self.tid2eid[ids]
