@@ -30,3 +30,22 @@ def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.double(), b.double()
     denom = b.norm().item()
     return (a - b).norm().item() / denom if denom else (a - b).norm().item()
+
+
+def native_build(request: pytest.FixtureRequest, tmp_path_factory, name: str):
+    """The C library `name` for a fixture parametrized over builds: "native", as the engine
+    loads it; any other parameter, built without AVX-512 into a temporary cache, so the
+    portable fallback loops are tested too."""
+    import ctypes
+
+    from dsv4.kernels import native
+
+    if request.param == "native":
+        return native.load(name)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DSV4_CACHE_DIR", str(tmp_path_factory.mktemp("portable")))
+    mp.setenv("DSV4_NATIVE_CFLAGS", "-mno-avx512f")
+    try:
+        return ctypes.CDLL(str(native.build(name)))
+    finally:
+        mp.undo()

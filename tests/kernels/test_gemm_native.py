@@ -17,18 +17,12 @@ from dsv4.kernels.formats import e8m0_to_fp32
 from dsv4.kernels.gemm import bf16_matmul_fp32, dequantize_fp8
 from dsv4.kernels.quant import act_quant_values_ref
 
+from .conftest import native_build
+
 
 @pytest.fixture(scope="module", params=["native", "portable"])
 def lib(request, tmp_path_factory) -> ctypes.CDLL:
-    if request.param == "native":
-        return native.load("gemm")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DSV4_CACHE_DIR", str(tmp_path_factory.mktemp("portable")))
-    mp.setenv("DSV4_NATIVE_CFLAGS", "-mno-avx512f")
-    try:
-        return ctypes.CDLL(str(native.build("gemm")))
-    finally:
-        mp.undo()
+    return native_build(request, tmp_path_factory, "gemm")
 
 
 def _close(out: torch.Tensor, want: torch.Tensor, bound: torch.Tensor) -> None:

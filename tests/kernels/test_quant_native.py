@@ -17,12 +17,14 @@ import torch
 
 from dsv4.engine import sparse_indexer
 from dsv4.engine.numerics import Numerics
-from dsv4.kernels import native, quant, quant_native
+from dsv4.kernels import quant, quant_native
 from dsv4.kernels.quant import (
     act_quant_dequant_ref,
     act_quant_values_ref,
     fp4_act_quant_dequant_ref,
 )
+
+from .conftest import native_build
 
 DTYPES = (torch.bfloat16, torch.float32)
 E2M1 = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
@@ -31,15 +33,7 @@ E2M1_GRID = torch.cat((-E2M1.flip(0)[:-1], E2M1))  # the 15 values, ascending
 
 @pytest.fixture(scope="module", params=["native", "portable"])
 def lib(request, tmp_path_factory) -> ctypes.CDLL:
-    if request.param == "native":
-        return native.load("quant")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DSV4_CACHE_DIR", str(tmp_path_factory.mktemp("portable")))
-    mp.setenv("DSV4_NATIVE_CFLAGS", "-mno-avx512f")
-    try:
-        return ctypes.CDLL(str(native.build("quant")))
-    finally:
-        mp.undo()
+    return native_build(request, tmp_path_factory, "quant")
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,6 @@ import ctypes
 import pytest
 import torch
 
-from dsv4.kernels import native
 from dsv4.kernels import sparse_attn as sa
 from dsv4.kernels.sparse_attn import sparse_attn, sparse_attn_ref
 from dsv4.kernels.sparse_attn_native import (
@@ -30,20 +29,14 @@ from dsv4.kernels.sparse_attn_native import (
     sparse_attn_native,
 )
 
+from .conftest import native_build
+
 IMPLS = ("best", "no_amx", "portable")
 
 
 @pytest.fixture(scope="module", params=["native", "no_avx512_build"])
 def lib(request, tmp_path_factory) -> ctypes.CDLL:
-    if request.param == "native":
-        return native.load("sparse_attn")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DSV4_CACHE_DIR", str(tmp_path_factory.mktemp("portable")))
-    mp.setenv("DSV4_NATIVE_CFLAGS", "-mno-avx512f")
-    try:
-        return ctypes.CDLL(str(native.build("sparse_attn")))
-    finally:
-        mp.undo()
+    return native_build(request, tmp_path_factory, "sparse_attn")
 
 
 def _exact(q, kv, sink, idx, scale):
