@@ -5,12 +5,15 @@ power-of-two scale: the values `dequantize_fp4` gives, exactly), groups the (tok
 pairs by expert so that each expert's weights are read once per group of pairs, and applies
 the reference's elementwise steps in its order and precision (FP8 round trips, act-dtype
 casts, clamps, silu). Only the summation order of the dot products differs from `moe_ref`.
+At prefill, experts with many pairs run their GEMMs on AMX tiles where the CPU has them
+(bf16-valued operands: exact products, fp32 sums); `impl` turns that off for tests.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+from typing import Literal
 
 import torch
 
@@ -21,6 +24,8 @@ _PACKED = (torch.int8, torch.uint8)
 _SCALES = (torch.float8_e8m0fnu, torch.uint8)
 _FP4_BLOCK = 32
 _ACT_BLOCK = 128  # quant_sim's FP8 activation blocks
+Impl = Literal["best", "no_amx"]
+_IMPLS: tuple[Impl, ...] = ("best", "no_amx")  # the C kernel's `impl` codes
 
 
 class MoEKernelError(ValueError):
@@ -57,10 +62,13 @@ def moe_native(
     w2_s: torch.Tensor,
     swiglu_limit: float,
     quant_sim: bool,
+    impl: Impl = "best",
 ) -> torch.Tensor:
     """`moe_ref` in C: x act [T, D], topk_ids int64 [T, k], topk_weights fp32 [T, k], FP4
     experts w1/w3 int8 [E, I, D/2] with e8m0 scales [E, I, D/32], w2 int8 [E, D, I/2] with
-    scales [E, D, I/32] -> fp32 [T, D]. D and I multiples of 32 (128 with quant_sim)."""
+    scales [E, D, I/32] -> fp32 [T, D]. D and I multiples of 32 (128 with quant_sim).
+    `impl`: "best" uses AMX tiles for the experts with many pairs where it can (see
+    `available_impls`), "no_amx" the FMA GEMMs only (tests compare the two)."""
     if not native_supported(x, topk_ids, topk_weights, w1, w1_s, w3, w3_s, w2, w2_s, quant_sim):
         raise MoEKernelError(
             f"moe_native: unsupported operands: x {x.dtype} {tuple(x.shape)}, topk_ids "
@@ -76,7 +84,8 @@ def moe_native(
     # data_ptr, not native.ptr: _check_layout checked every operand (a few µs per decode step)
     ptrs = [o.data_ptr() for o in operands]
     bad = _kernel(lib)(ptrs[0], x.dtype == torch.bfloat16, *ptrs[1:3], t, k, d, i, e,
-                       *ptrs[3:], swiglu_limit, bool(quant_sim), y.data_ptr())  # fmt: skip
+                       *ptrs[3:], swiglu_limit, bool(quant_sim), y.data_ptr(),
+                       _IMPLS.index(impl))  # fmt: skip
     if bad < 0:
         raise MemoryError(f"moe_native: no memory for the work buffers (T={t}, D={d}, I={i})")
     if bad:
@@ -84,12 +93,20 @@ def moe_native(
     return y
 
 
+def available_impls(lib: ctypes.CDLL) -> tuple[Impl, ...]:
+    """The code paths that really differ here: ("best", "no_amx") where the AMX path is built
+    in and Linux lends the tiles, else ("no_amx",) ("best" then runs the same FMA GEMMs)."""
+    fn = lib.moe_fp4_impls
+    fn.argtypes, fn.restype = [], ctypes.c_int64
+    return _IMPLS if fn() & 2 else ("no_amx",)
+
+
 @functools.cache
 def _kernel(lib: ctypes.CDLL):
     """`moe_fp4` of the library with its argument types (see csrc/moe.c)."""
     P, I64, F32 = native.P, native.I64, native.F32  # noqa: N806
     fn = native.declare(lib, "moe_fp4", P, I64, P, P, I64, I64, I64, I64, I64,
-                        P, P, P, P, P, P, F32, I64, P)  # fmt: skip
+                        P, P, P, P, P, P, F32, I64, P, I64)  # fmt: skip
     fn.restype = I64  # the number of out-of-range expert ids (-1: out of memory)
     return fn
 

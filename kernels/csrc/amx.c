@@ -15,47 +15,26 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "amx.h"
 #include "common.h"
 
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512F__) && defined(__linux__)
-#define DSV4_AMX 1
+#ifdef DSV4_AMX
 #include <sys/mman.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 #endif
 
 #define BLK 32 /* x rows per block: 2 A tiles against 2 B tiles (4 result tiles) */
-#define KSTEP 32 /* bf16 values of K per tile row (64 bytes) */
 #define FP8_BLOCK 128
 #define NCHUNK 256 /* weight rows whose packed tiles are reused by every block of x rows */
 
 int dsv4_amx_init(void) {
 #ifdef DSV4_AMX
-    const long ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;
-    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+    return amx_request();
 #else
     return 0;
 #endif
 }
 
 #ifdef DSV4_AMX
-typedef struct {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} tile_config;
-
-static void configure(void) {
-    tile_config c;
-    memset(&c, 0, sizeof c);
-    c.palette = 1;
-    for (int t = 0; t < 8; t++) {
-        c.colsb[t] = 64;
-        c.rows[t] = 16;
-    }
-    _tile_loadconfig(&c);
-}
-
 /* A large output (the head's logits for a prompt: 0.5 MB per row) is written once, page by
  * page: on fresh memory each 4 KiB page faults in on its first store, which costs more than
  * the GEMM. Transparent huge pages cut the faults 512-fold where the system allows them. */
@@ -63,32 +42,6 @@ static void advise_huge(void *p, size_t bytes) {
     const uintptr_t huge = 2u << 20;
     uintptr_t lo = ((uintptr_t)p + huge - 1) & ~(huge - 1), hi = ((uintptr_t)p + bytes) & ~(huge - 1);
     if (hi > lo) madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
-}
-
-/* 16 x 16 32-bit words: r[i] holds row i; afterwards r[i] holds column i. */
-static inline void transpose16(__m512i r[16]) {
-    __m512i t[16];
-    for (int i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-    }
-    for (int i = 0; i < 4; i++) {  /* r[4i + j], lane L: column 4L + j, rows 4i..4i+3 */
-        r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-        r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-        r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-        r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-    }
-    for (int j = 0; j < 4; j++) {
-        __m512i u0 = _mm512_shuffle_i32x4(r[j], r[4 + j], 0x88);
-        __m512i u1 = _mm512_shuffle_i32x4(r[j], r[4 + j], 0xdd);
-        __m512i v0 = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0x88);
-        __m512i v1 = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0xdd);
-        t[j] = _mm512_shuffle_i32x4(u0, v0, 0x88);
-        t[4 + j] = _mm512_shuffle_i32x4(u1, v1, 0x88);
-        t[8 + j] = _mm512_shuffle_i32x4(u0, v0, 0xdd);
-        t[12 + j] = _mm512_shuffle_i32x4(u1, v1, 0xdd);
-    }
-    for (int i = 0; i < 16; i++) r[i] = t[i];
 }
 
 /* 16 weight rows n0.. as bf16 [16][K] into `rows` (zero rows past N); FP8 rows decoded and
@@ -112,17 +65,6 @@ static void weight_rows(const void *w, int64_t fp8, const float *scale, int64_t 
                 _mm256_storeu_si256((__m256i *)(dst + k), _mm512_cvtepi32_epi16(b));
             }
         }
-    }
-}
-
-/* The B tiles of 16 weight rows: for each K step a 16 x 16 tile of 32-bit words whose row r,
- * column c holds W[n0 + c][2r], W[n0 + c][2r + 1] of the step (the pair layout of TDPBF16PS). */
-static void pack_b(const uint16_t *rows, int64_t K, uint16_t *bt) {
-    for (int64_t s = 0; s < K / KSTEP; s++) {
-        __m512i r[16];
-        for (int c = 0; c < 16; c++) r[c] = _mm512_loadu_si512(rows + c * K + s * KSTEP);
-        transpose16(r);
-        for (int i = 0; i < 16; i++) _mm512_store_si512(bt + s * 512 + i * 32, r[i]);
     }
 }
 
@@ -171,8 +113,8 @@ static void out_tile(int t, float *c, void *y, int64_t y_bf16, int64_t m0, int64
 int dsv4_amx_gemm(const uint16_t *x, const void *w, int64_t fp8, const float *scale, void *y,
                   int64_t y_bf16, int64_t M, int64_t N, int64_t K) {
 #ifdef DSV4_AMX
-    if (K % KSTEP || K <= 0) return -2;
-    int64_t Mp = (M + BLK - 1) / BLK * BLK, steps = K / KSTEP, nchunk = NCHUNK;
+    if (K % AMX_KSTEP || K <= 0) return -2;
+    int64_t Mp = (M + BLK - 1) / BLK * BLK, steps = K / AMX_KSTEP, nchunk = NCHUNK;
     uint16_t *xp = aligned_alloc(64, (size_t)(Mp * K) * 2);
     uint16_t *rows = aligned_alloc(64, (size_t)(16 * K) * 2);
     uint16_t *bt = aligned_alloc(64, (size_t)(nchunk / 16 * steps) * 1024);
@@ -184,29 +126,18 @@ int dsv4_amx_gemm(const uint16_t *x, const void *w, int64_t fp8, const float *sc
     advise_huge(y, (size_t)(M * N) * (y_bf16 ? 2 : 4));
     memcpy(xp, x, (size_t)(M * K) * 2);
     memset(xp + M * K, 0, (size_t)((Mp - M) * K) * 2);
-    configure();
+    amx_configure();
     for (int64_t c0 = 0; c0 < N; c0 += nchunk) {
         int64_t c1 = c0 + nchunk < N ? c0 + nchunk : N, tiles = (c1 - c0 + 15) / 16;
         for (int64_t t = 0; t < tiles; t++) {
             weight_rows(w, fp8, scale, c0 + 16 * t, N, K, rows);
-            pack_b(rows, K, bt + t * steps * 512);
+            amx_pack_rows(rows, K, bt + t * steps * AMX_TILE_BF16);
         }
-        if (tiles % 2) memset(bt + tiles * steps * 512, 0, (size_t)steps * 1024);
+        if (tiles % 2) memset(bt + tiles * steps * AMX_TILE_BF16, 0, (size_t)steps * 1024);
         for (int64_t m0 = 0; m0 < Mp; m0 += BLK) {
-            const uint16_t *a0 = xp + m0 * K, *a1 = a0 + 16 * K;
             for (int64_t t = 0; t < tiles; t += 2) {
-                const uint16_t *b0 = bt + t * steps * 512, *b1 = b0 + steps * 512;
-                _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
-                for (int64_t s = 0; s < steps; s++) {
-                    _tile_loadd(4, a0 + s * KSTEP, K * 2);
-                    _tile_loadd(5, a1 + s * KSTEP, K * 2);
-                    _tile_loadd(6, b0 + s * 512, 64);
-                    _tile_loadd(7, b1 + s * 512, 64);
-                    _tile_dpbf16ps(0, 4, 6);
-                    _tile_dpbf16ps(1, 4, 7);
-                    _tile_dpbf16ps(2, 5, 6);
-                    _tile_dpbf16ps(3, 5, 7);
-                }
+                const uint16_t *b0 = bt + t * steps * AMX_TILE_BF16;
+                amx_block(xp + m0 * K, K, b0, b0 + steps * AMX_TILE_BF16, steps);
                 int64_t n0 = c0 + 16 * t;
                 out_tile(0, c, y, y_bf16, m0, n0, M, N);
                 out_tile(1, c, y, y_bf16, m0, n0 + 16, M, N);

@@ -20,9 +20,22 @@
  *    into an L1 buffer and multiplied with 16 pairs per vector (activations transposed), so
  *    the decode is shared by the whole group and no horizontal sums are needed.
  * Both keep 16 independent accumulators: fewer leave the FMA units waiting on latency.
- * (bf16 dot products, exact for bf16-valued operands, measured no faster than fp32 FMAs on
- * the AVX512-BF16 machine this was tuned on, so there is no bf16 path.)
+ * (bf16 dot products on AVX512-BF16 measured no faster than fp32 FMAs, so neither has one.)
+ *
+ * AMX (prefill): an expert with AMX_MIN or more pairs (8: from there the tiles measured
+ * faster, at 4 even; decode stays on the FMA GEMMs) runs its GEMMs on AMX tiles (amx.h)
+ * when the operands are bf16 values: bf16 activations, or any after the FP8 round trip of
+ * quant_sim (e4m3 times a power of two), against FP4 weights (e2m1 times a power of two).
+ * The products are then exact in fp32 and the tiles sum in fp32: the same results up to the
+ * summation order. The group's inputs are gathered as bf16 A rows, the weights decoded
+ * straight into packed B tiles (a byte of FP4 is one K pair of the tile layout), and the
+ * outputs come back row-major [pairs, N] for the same elementwise steps as the FMA path.
+ * fp32 activations without quant_sim are not bf16 values and keep the FMA paths.
+ *
+ * The elementwise steps (SwiGLU, the FP8 round trips, the output adds) run 16 lanes at a
+ * time in both paths, silu with the kernel's own exp (exp_f32 / exp16, see there).
  */
+#include "amx.h"
 #include "common.h"
 
 #include <stdlib.h>
@@ -66,11 +79,17 @@ typedef struct {
 static inline const uint8_t *row_bytes(fp4_mat m, int64_t r) { return m.w + r * m.nb * 16; }
 static inline const uint8_t *row_scales(fp4_mat m, int64_t r) { return m.s + r * m.nb; }
 
-/* Work buffers of one call (see moe_fp4). */
+/* Work buffers of one call (see moe_fp4); the group buffers have `ld` = cap columns. */
 typedef struct {
     const float *scales; /* [256] e8m0 values */
     float *wbuf;         /* [WIDE_ROWS, K] decoded weight rows (wide GEMM) */
     float *xt;           /* [pairs, K] transposed activations, WIDE pairs per row of K */
+    const float *xin;    /* [T, D] every token's GEMM input, in pair layout */
+    float *gu;           /* w1|w3 outputs of a group [2I, ld] */
+    float *act;          /* w2 inputs of a group [ld, I], in pair layout */
+    float *tmp;          /* [I] one pair's SwiGLU outputs */
+    float *out;          /* w2 outputs of a group [D, ld] */
+    int64_t ld;
 } workspace;
 
 #ifdef __AVX512F__
@@ -324,15 +343,24 @@ static void fp8_round_trip_128(float *x) {
     float a = _mm512_reduce_max_ps(amax);
     if (a < DSV4_FP8_AMAX_FLOOR) a = DSV4_FP8_AMAX_FLOOR;
     const float s = pow2_ceil_f32(a * (float)(1.0 / 448.0));
+    /* Dividing by a power of two is multiplying by its reciprocal (the same real number,
+     * rounded once) when that is a normal fp32: here for the scale below 2^127, and always for
+     * the grid step sp (2^-9 .. 32, or inf for NaN v; the bits 0x7f000000 - bits(sp) then make
+     * -inf, and NaN stays NaN). */
     const __m512 vs = _mm512_set1_ps(s), lim = _mm512_set1_ps(DSV4_FP8_MAX);
+    const __m512 inv_s = _mm512_set1_ps(1.0f / s);
+    const __m512i one_bits = _mm512_set1_epi32(0x7f000000);
     const __m512 expmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7f800000));
     for (int i = 0; i < 128; i += 16) {
-        __m512 v = _mm512_div_ps(_mm512_loadu_ps(x + i), vs);
+        __m512 xi = _mm512_loadu_ps(x + i);
+        __m512 v = s <= 0x1p126f ? _mm512_mul_ps(xi, inv_s) : _mm512_div_ps(xi, vs);
         /* max/min return their second operand when one is NaN: NaN stays, as in the scalar */
         v = _mm512_min_ps(lim, _mm512_max_ps(_mm512_sub_ps(_mm512_setzero_ps(), lim), v));
         __m512 sp = _mm512_mul_ps(_mm512_and_ps(v, expmask), _mm512_set1_ps(0.125f));
         sp = _mm512_max_ps(sp, _mm512_set1_ps(0x1p-9f));
-        __m512 q = _mm512_roundscale_ps(_mm512_div_ps(v, sp), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m512 inv_sp = _mm512_castsi512_ps(_mm512_sub_epi32(one_bits, _mm512_castps_si512(sp)));
+        __m512 q = _mm512_roundscale_ps(_mm512_mul_ps(v, inv_sp),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_mul_ps(q, sp), vs));
     }
 #else
@@ -340,52 +368,126 @@ static void fp8_round_trip_128(float *x) {
 #endif
 }
 
-/* `_linear_input`: fp32 row [n] -> its FP8 round trip in blocks of 128 (quant_sim; exact in
- * the act dtype, so the cast back changes nothing) or itself; written in pair layout. */
-static void linear_input(float *row, int64_t n, int quant_sim, float *dst) {
-    if (quant_sim)
-        for (int64_t b = 0; b < n; b += 128) fp8_round_trip_128(row + b);
-    to_pair_layout(row, dst, n);
+/* e^x of fp32 x, evaluated in double and rounded once to fp32: k = rint(x / ln 2),
+ * r = x - k ln 2 (ln 2 in two parts, the first with 32 bits: k·LN2_HI and the difference are
+ * exact), a degree-11 Taylor polynomial of e^r (|r| <= ln 2 / 2: truncation 7e-15), times 2^k.
+ * Within ~1e-14 of e^x before the rounding, so the correctly rounded fp32 but for rare ties at
+ * that distance: glibc's expf (0.502 ulp) differs from it in ~1e-4 of the inputs, torch's
+ * vector exp in a few %. The vector version (exp16) runs the same double operations in the
+ * same order: the same bits for every fp32 input (checked for all in [-110, 95]). x is clamped
+ * to [-150, 100] first (e^x is 0 or inf in fp32 beyond), NaN stays NaN. */
+#define EXP_LOG2E 0x1.71547652b82fep0
+#define EXP_LN2_HI 0x1.62e42feep-1
+#define EXP_LN2_LO 0x1.a39ef35793c76p-33
+#define EXP_TAYLOR(r, MUL, ADD)                                                                \
+    ADD(MUL(ADD(MUL(ADD(MUL(ADD(MUL(ADD(MUL(ADD(MUL(ADD(MUL(ADD(MUL(ADD(MUL(ADD(MUL(ADD(MUL(  \
+        C(1.0 / 39916800.0), r), C(1.0 / 3628800.0)), r), C(1.0 / 362880.0)), r),               \
+        C(1.0 / 40320.0)), r), C(1.0 / 5040.0)), r), C(1.0 / 720.0)), r), C(1.0 / 120.0)), r),  \
+        C(1.0 / 24.0)), r), C(1.0 / 6.0)), r), C(0.5)), r), C(1.0)), r), C(1.0))
+
+static inline float exp_f32(float x) {
+    if (x != x) return x;
+    double v = x < -150.0f ? -150.0 : (x > 100.0f ? 100.0 : (double)x);
+    double k = rint(v * EXP_LOG2E), r = (v - k * EXP_LN2_HI) - k * EXP_LN2_LO;
+#define C(c) (c)
+#define MUL(a, b) ((a) * (b))
+#define ADD(a, b) ((a) + (b))
+    double p = EXP_TAYLOR(r, MUL, ADD);
+#undef C
+#undef MUL
+#undef ADD
+    return (float)ldexp(p, (int)k);
 }
 
-/* `_swiglu` of a group, then the act-dtype cast and `_linear_input` of w2's input:
- * gu [2I, ld] (w1 outputs, then w3 outputs; pair m in column m) and the routing weights
- * wts [n] -> act [n, I], each row in pair layout. Runs along the pairs, so that gu is read
- * in order (tmp: [n, I] scratch). */
-static void swiglu_group(const float *gu, int64_t ld, int64_t n, int64_t I, const float *wts,
-                         float limit, int quant_sim, int bf16, float *tmp, float *act) {
-    for (int64_t i = 0; i < I; i++) {
-        const float *gi = gu + i * ld, *ui = gu + (I + i) * ld;
-        for (int64_t m = 0; m < n; m++) {
-            float g = gi[m], u = ui[m];
-            if (quant_sim) { /* REF's FP4 GEMM writes its output in the act dtype */
-                g = round_act(g, bf16);
-                u = round_act(u, bf16);
-            }
-            if (limit > 0.0f) { /* comparisons keep NaN, as torch's clamp does */
-                u = u < -limit ? -limit : (u > limit ? limit : u);
-                g = g > limit ? limit : g;
-            }
-            float silu = g / (1.0f + expf(-g)); /* torch's CPU silu: x / (1 + exp(-x)) */
-            tmp[m * I + i] = round_act(silu * u * wts[m], bf16);
+#ifdef __AVX512F__
+static inline __m512d exp8_f64(__m512d v) {
+    /* max/min return their second operand for NaN: NaN kept */
+    v = _mm512_min_pd(_mm512_set1_pd(100.0), _mm512_max_pd(_mm512_set1_pd(-150.0), v));
+    __m512d k = _mm512_roundscale_pd(_mm512_mul_pd(v, _mm512_set1_pd(EXP_LOG2E)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512d r = _mm512_sub_pd(_mm512_sub_pd(v, _mm512_mul_pd(k, _mm512_set1_pd(EXP_LN2_HI))),
+                              _mm512_mul_pd(k, _mm512_set1_pd(EXP_LN2_LO)));
+#define C(c) _mm512_set1_pd(c)
+    __m512d p = EXP_TAYLOR(r, _mm512_mul_pd, _mm512_add_pd);
+#undef C
+    return _mm512_scalef_pd(p, k);
+}
+
+static inline __m512 exp16(__m512 x) {
+    __m512d lo = exp8_f64(_mm512_cvtps_pd(_mm512_castps512_ps256(x)));
+    __m256 upper = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1));
+    __m512d hi = exp8_f64(_mm512_cvtps_pd(upper));
+    __m512d l = _mm512_castps_pd(_mm512_castps256_ps512(_mm512_cvtpd_ps(lo)));
+    return _mm512_castpd_ps(_mm512_insertf64x4(l, _mm256_castps_pd(_mm512_cvtpd_ps(hi)), 1));
+}
+#endif
+
+#ifdef __AVX512F__
+/* The gather indices 0, s, .., 15·s. */
+static inline __m512i lane_offsets(int64_t s) {
+    const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    return _mm512_mullo_epi32(lanes, _mm512_set1_epi32((int)s));
+}
+#endif
+
+/* `_swiglu` of one pair: w1|w3 outputs g_i = gu[i·si], u_i = gu[(I + i)·si], routing weight w
+ * -> tmp [I], the values w2's input holds (cast to the act dtype, then `_linear_input`'s FP8
+ * round trip with quant_sim). si: 1 (row-major outputs, AMX) or the group's ld (FMA GEMMs;
+ * gathered with 32-bit indices: si < 2^27). */
+static void swiglu_pair(const float *gu, int64_t si, int64_t I, float w, float limit,
+                        int quant_sim, int bf16, float *tmp) {
+    int64_t i = 0;
+#ifdef __AVX512F__
+    const __m512i idx = lane_offsets(si);
+    const __m512 lim = _mm512_set1_ps(limit), one = _mm512_set1_ps(1.0f), vw = _mm512_set1_ps(w);
+    for (; i + 16 <= I; i += 16) {
+        const float *gp = gu + i * si, *up = gu + (I + i) * si;
+        __m512 g = si == 1 ? _mm512_loadu_ps(gp) : _mm512_i32gather_ps(idx, gp, 4);
+        __m512 u = si == 1 ? _mm512_loadu_ps(up) : _mm512_i32gather_ps(idx, up, 4);
+        if (quant_sim && bf16) { /* REF's FP4 GEMM writes its output in the act dtype */
+            g = round_bf16x16(g);
+            u = round_bf16x16(u);
         }
+        if (limit > 0.0f) { /* max/min return their second operand for NaN: NaN kept */
+            u = _mm512_min_ps(lim, _mm512_max_ps(_mm512_sub_ps(_mm512_setzero_ps(), lim), u));
+            g = _mm512_min_ps(lim, g);
+        }
+        __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), g));
+        __m512 a = _mm512_mul_ps(_mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(one, e)), u), vw);
+        _mm512_storeu_ps(tmp + i, bf16 ? round_bf16x16(a) : a);
     }
-    for (int64_t m = 0; m < n; m++) linear_input(tmp + m * I, I, quant_sim, act + m * I);
+#endif
+    for (; i < I; i++) {
+        float g = gu[i * si], u = gu[(I + i) * si];
+        if (quant_sim) {
+            g = round_act(g, bf16);
+            u = round_act(u, bf16);
+        }
+        if (limit > 0.0f) { /* comparisons keep NaN, as torch's clamp does */
+            u = u < -limit ? -limit : (u > limit ? limit : u);
+            g = g > limit ? limit : g;
+        }
+        float silu = g / (1.0f + exp_f32(-g)); /* torch's CPU silu: x / (1 + exp(-x)) */
+        tmp[i] = round_act(silu * u * w, bf16);
+    }
+    if (quant_sim)
+        for (int64_t b = 0; b < I; b += 128) fp8_round_trip_128(tmp + b);
 }
 
-/* y[tok[m]] += w2's output of pair m (out [D, ld], pair m in column m), rounded to the
- * act dtype as REF's FP4 GEMM writes it (quant_sim). Blocks of 16 outputs: out is read in
- * order. */
-static void add_outputs(const float *out, int64_t ld, int64_t n, const int64_t *tok, int64_t D,
-                        int quant_sim, int bf16, float *y) {
-    for (int64_t d0 = 0; d0 < D; d0 += 16)
-        for (int64_t m = 0; m < n; m++) {
-            float *yt = y + tok[m] * D;
-            for (int64_t d = d0; d < d0 + 16; d++) {
-                float o = out[d * ld + m];
-                yt[d] += quant_sim ? round_act(o, bf16) : o;
-            }
-        }
+/* y_t += w2's output of one pair, o[d·sd] for d < D, rounded to bf16 first when `round`
+ * (quant_sim: REF's FP4 GEMM writes its output in the act dtype). sd: 1 (AMX) or the
+ * group's ld (< 2^27). */
+static void add_pair(const float *o, int64_t sd, int64_t D, int round, float *yt) {
+    int64_t d = 0;
+#ifdef __AVX512F__
+    const __m512i idx = lane_offsets(sd);
+    for (; d + 16 <= D; d += 16) {
+        __m512 v = sd == 1 ? _mm512_loadu_ps(o + d) : _mm512_i32gather_ps(idx, o + d * sd, 4);
+        if (round) v = round_bf16x16(v);
+        _mm512_storeu_ps(yt + d, _mm512_add_ps(_mm512_loadu_ps(yt + d), v));
+    }
+#endif
+    for (; d < D; d++) yt[d] += round ? round_bf16(o[d * sd]) : o[d * sd];
 }
 
 /* Counting sort of the (token, slot) pairs by expert, stable (token order within an
@@ -404,15 +506,186 @@ static int64_t sort_pairs(const int64_t *ids, int64_t P, int64_t E, int64_t *sta
     return bad;
 }
 
+/* Every token's GEMM input: x [T, D] (bf16 bits or fp32) through `_linear_input`'s FP8 round
+ * trip (quant_sim), into xin (fp32, pair layout) and / or xb (bf16: exact, the round trip's
+ * values are bf16 values); NULL for the one not wanted. scratch: [D]. */
+static void gemm_inputs(const void *x, int bf16, int sim, int64_t T, int64_t D, float *scratch,
+                        float *xin, uint16_t *xb) {
+    for (int64_t t = 0; t < T; t++) {
+        for (int64_t i = 0; i < D; i++)
+            scratch[i] = bf16 ? bf16_to_f32(((const uint16_t *)x)[t * D + i])
+                              : ((const float *)x)[t * D + i];
+        if (sim)
+            for (int64_t b = 0; b < D; b += 128) fp8_round_trip_128(scratch + b);
+        if (xin) to_pair_layout(scratch, xin + t * D, D);
+        if (xb)
+            for (int64_t i = 0; i < D; i++) xb[t * D + i] = f32_to_bf16(scratch[i]);
+    }
+}
+
+/* The n <= ws->ld pairs (tok, wts) of one expert through w1|w3, SwiGLU and w2 with the FMA
+ * GEMMs, into y. */
+static void fma_group(fp4_mat W1, fp4_mat W3, fp4_mat W2, const int64_t *tok, const float *wts,
+                      int64_t n, float limit, int sim, int bf16, const workspace *ws, float *y) {
+    const int64_t D = 32 * W1.nb, I = 32 * W2.nb, ld = ws->ld;
+    const float *xs[GROUP];
+    for (int64_t m = 0; m < n; m++) xs[m] = ws->xin + tok[m] * D;
+    fp4_gemm(W1, I, xs, n, ws, ws->gu, ld);
+    fp4_gemm(W3, I, xs, n, ws, ws->gu + I * ld, ld);
+    for (int64_t m = 0; m < n; m++) {
+        swiglu_pair(ws->gu + m, ld, I, wts[m], limit, sim, bf16, ws->tmp);
+        to_pair_layout(ws->tmp, ws->act + m * I, I);
+        xs[m] = ws->act + m * I;
+    }
+    fp4_gemm(W2, D, xs, n, ws, ws->out, ld);
+    for (int64_t m = 0; m < n; m++) add_pair(ws->out + m, ld, D, sim && bf16, y + tok[m] * D);
+}
+
+/* ---- the AMX path (see the top): one expert's group of pairs on tiles ---- */
+#define AMX_MIN 8                 /* pairs of one expert from which its GEMMs run on tiles */
+#define AMX_GROUP 256             /* most pairs of one expert per pass (bounds the buffers) */
+#define AMX_CHUNK_BYTES (1 << 18) /* packed weight tiles shared by every block of 32 rows */
+
+/* Weight rows packed at a time for K: a multiple of 32 whose tiles fit AMX_CHUNK_BYTES. */
+static int64_t amx_chunk_rows(int64_t K, int64_t R) {
+    int64_t rows = AMX_CHUNK_BYTES / (2 * K) / 32 * 32;
+    rows = rows < 32 ? 32 : rows;
+    return rows < R ? rows : R;
+}
+
+#ifdef DSV4_AMX
+/* Whether Linux lends this process the tiles (asked once). */
+static int amx_granted(void) {
+    static int state = -1;
+    if (state < 0) state = amx_request();
+    return state;
+}
+
+/* The 16 FP4 values times 2^(s-127) as bf16, for each scale byte s: tab [256, 16]. Exact (at
+ * most two significant bits; the fp32 product of decode_block, whose inf and NaN stay). */
+static void bf16_tables(const float *scales, uint16_t *tab) {
+    for (int s = 0; s < 256; s++)
+        for (int j = 0; j < 16; j++)
+            tab[s * 16 + j] = (uint16_t)(bits_of_f32(FP4_VALUES[j] * scales[s]) >> 16);
+}
+
+/* The B tiles of the 16 weight rows r.. of W, one per FP4 block (= K step of 32). Column c of
+ * a tile is block b of row c as 16 words, word j the pair (2j, 2j + 1) = byte j: its two
+ * nibbles, one per 16-bit half, index the block's bf16 table (vpermw reads 5 bits of each
+ * half, so the table is repeated in both 256-bit halves). */
+static void pack_fp4_tile(fp4_mat W, int64_t r, const uint16_t *tabs, uint16_t *bt) {
+    for (int64_t b = 0; b < W.nb; b++) {
+        __m512i col[16];
+        for (int c = 0; c < 16; c++) {
+            const uint16_t *tab = tabs + 16 * row_scales(W, r + c)[b];
+            __m512i t = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)tab));
+            const uint8_t *bytes = row_bytes(W, r + c) + 16 * b;
+            __m512i w = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)bytes));
+            col[c] = _mm512_permutexvar_epi16(_mm512_or_si512(w, _mm512_slli_epi32(w, 12)), t);
+        }
+        amx_pack_step(col, bt + b * AMX_TILE_BF16);
+    }
+}
+
+/* c fp32 [M, R] = a bf16 [M, K] . W^T for the R weight rows of Wa (rows [0, Ra)) over Wb
+ * (rows [Ra, R)); M a multiple of 16, Ra and R multiples of 32. bt: room for the packed
+ * tiles of amx_chunk_rows(K, R) rows. */
+static void amx_fp4_gemm(fp4_mat Wa, fp4_mat Wb, int64_t Ra, int64_t R, const uint16_t *a,
+                         int64_t M, const uint16_t *tabs, uint16_t *bt, float *c) {
+    const int64_t K = 32 * Wa.nb, chunk = amx_chunk_rows(K, R);
+    for (int64_t r0 = 0; r0 < R; r0 += chunk) {
+        const int64_t r1 = r0 + chunk < R ? r0 + chunk : R;
+        for (int64_t r = r0; r < r1; r += 16) /* a tile of 16 rows: K / 32 packed B tiles */
+            pack_fp4_tile(r < Ra ? Wa : Wb, r < Ra ? r : r - Ra, tabs, bt + (r - r0) * K);
+        amx_gemm_tiles(a, K, M, bt, (r1 - r0) / 16, Wa.nb, c + r0, R);
+    }
+}
+
+/* Buffers of the AMX path (see moe_fp4). */
+typedef struct {
+    const uint16_t *xb; /* [T, D] bf16 GEMM inputs of every token */
+    uint16_t *a1, *a2;  /* A rows of a group: w1|w3 inputs [M, D], w2 inputs [M, I] */
+    uint16_t *bt;       /* packed B tiles of a chunk of weight rows */
+    float *c;           /* GEMM outputs [M, max(2I, D)] */
+    float *tmp;         /* [I] */
+    uint16_t tabs[256 * 16]; /* bf16_tables */
+} amx_work;
+
+/* The n pairs (tok, wts) of one expert through w1|w3, SwiGLU and w2 on tiles, into y. */
+static void amx_group(fp4_mat W1, fp4_mat W3, fp4_mat W2, const int64_t *tok, const float *wts,
+                      int64_t n, float limit, int sim, int bf16, const amx_work *aw,
+                      float *y) {
+    const int64_t D = 32 * W1.nb, I = 32 * W2.nb, M = (n + 15) / 16 * 16;
+    for (int64_t m = 0; m < n; m++)
+        memcpy(aw->a1 + m * D, aw->xb + tok[m] * D, (size_t)D * 2);
+    memset(aw->a1 + n * D, 0, (size_t)((M - n) * D) * 2);
+    amx_fp4_gemm(W1, W3, I, 2 * I, aw->a1, M, aw->tabs, aw->bt, aw->c);
+    for (int64_t m = 0; m < n; m++) { /* exact in bf16: bf16 values, or FP8 round trips */
+        swiglu_pair(aw->c + m * 2 * I, 1, I, wts[m], limit, sim, bf16, aw->tmp);
+        for (int64_t i = 0; i < I; i += 16)
+            _mm256_storeu_si256((__m256i *)(aw->a2 + m * I + i),
+                                f32x16_to_bf16(_mm512_loadu_ps(aw->tmp + i)));
+    }
+    memset(aw->a2 + n * I, 0, (size_t)((M - n) * I) * 2);
+    amx_fp4_gemm(W2, W2, D, D, aw->a2, M, aw->tabs, aw->bt, aw->c);
+    for (int64_t m = 0; m < n; m++) add_pair(aw->c + m * D, 1, D, sim && bf16, y + tok[m] * D);
+}
+#endif
+
+static int amx_usable(void) {
+#ifdef DSV4_AMX
+    return amx_granted();
+#else
+    return 0;
+#endif
+}
+
+enum { IMPL_BEST = 0, IMPL_NO_AMX = 1 }; /* moe_fp4's impl */
+
+/* Bit 0: the AVX-512 FMA GEMMs are built in; bit 1: so is the AMX path, and Linux lends the
+ * tiles. */
+int64_t moe_fp4_impls(void) {
+    int64_t f = 0;
+#ifdef __AVX512F__
+    f |= 1;
+#endif
+    f |= amx_usable() ? 2 : 0;
+    return f;
+}
+
+/* Pairs per pass of an AMX expert group of n pairs: as even passes of AMX_GROUP at most. */
+static int64_t amx_pass_pairs(int64_t n) {
+    const int64_t passes = (n + AMX_GROUP - 1) / AMX_GROUP;
+    return (n + passes - 1) / passes;
+}
+
+/* Pairs per pass of the expert groups: FMA groups of GROUP at most (*cap_f), AMX groups
+ * (n >= AMX_MIN, when `amx`) of AMX_GROUP at most, rounded up to 16 (*cap_a). */
+static void group_caps(const int64_t *start, int64_t E, int amx, int64_t *cap_f, int64_t *cap_a) {
+    *cap_f = *cap_a = 0;
+    for (int64_t e = 0; e < E; e++) {
+        const int64_t n = start[e + 1] - start[e];
+        if (amx && n >= AMX_MIN) {
+            const int64_t per = amx_pass_pairs(n);
+            *cap_a = per > *cap_a ? per : *cap_a;
+        } else {
+            *cap_f = n > *cap_f ? n : *cap_f;
+        }
+    }
+    *cap_f = *cap_f < GROUP ? *cap_f : GROUP;
+    *cap_a = (*cap_a + 15) / 16 * 16;
+}
+
 /* y fp32 [T, D] = the routed experts of x act [T, D] (bf16 bits when x_bf16, else fp32),
  * ids int64 [T, k], weights fp32 [T, k]; w1/w3 [E, I, D/2] with scales [E, I, D/32], w2
  * [E, D, I/2] with scales [E, D, I/32] (packed FP4, e8m0 bytes). D and I multiples of 32
- * (of 128 with quant_sim). Returns the number of ids outside [0, E) (those pairs are
- * skipped; the caller raises), or -1 when out of memory. */
+ * (of 128 with quant_sim). impl: 0 the fastest path this machine has, 1 no AMX (tests run
+ * both). Returns the number of ids outside [0, E) (those pairs are skipped; the caller
+ * raises), or -1 when out of memory. */
 int64_t moe_fp4(const void *x, int64_t x_bf16, const int64_t *ids, const float *weights,
                 int64_t T, int64_t k, int64_t D, int64_t I, int64_t E, const uint8_t *w1,
                 const uint8_t *w1_s, const uint8_t *w3, const uint8_t *w3_s, const uint8_t *w2,
-                const uint8_t *w2_s, float limit, int64_t quant_sim, float *y) {
+                const uint8_t *w2_s, float limit, int64_t quant_sim, float *y, int64_t impl) {
     const int64_t P = T * k, KMAX = D > I ? D : I;
     const int bf16 = (int)x_bf16, sim = (int)quant_sim;
     if (T > 0) memset(y, 0, (size_t)(T * D) * sizeof(float));
@@ -420,25 +693,32 @@ int64_t moe_fp4(const void *x, int64_t x_bf16, const int64_t *ids, const float *
     if (!idx) return -1;
     int64_t *start = idx, *fill = start + E + 1, *order = fill + E;
     const int64_t bad = sort_pairs(ids, P, E, start, fill, order);
-    int64_t cap = 0; /* pairs per group: the buffers' leading dimension */
-    for (int64_t e = 0; e < E; e++)
-        cap = start[e + 1] - start[e] > cap ? start[e + 1] - start[e] : cap;
-    cap = cap < GROUP ? cap : GROUP;
-    const int wide = cap >= WIDE;
-    /* the fp32 buffers in one allocation, each 64-byte aligned; at decode (one pair per
-     * expert) they are a few KiB */
+    /* the AMX path needs bf16-valued GEMM inputs */
+    const int amx = impl == IMPL_BEST && (bf16 || sim) && P > 0 && amx_usable();
+    int64_t cap, cap_a; /* pairs per pass: the buffers' rows */
+    group_caps(start, E, amx, &cap, &cap_a);
+    const int wide = cap >= WIDE, own_xb = cap_a && !(bf16 && !sim);
+    const int64_t bt_w13 = amx_chunk_rows(D, 2 * I) * D, bt_w2 = amx_chunk_rows(I, D) * I;
+    /* the buffers in one allocation, each 64-byte aligned, sizes in floats; at decode (one
+     * pair per expert) they are a few KiB */
     const size_t sizes[] = {
-        (size_t)(T * D + D),                 /* xin: every token's GEMM input; scratch row */
-        (size_t)(cap * 2 * I),               /* gu: w1|w3 outputs of a group [2I, cap] */
-        (size_t)(cap * I),                   /* act: w2 inputs of a group [cap, I] */
-        (size_t)(cap * I),                   /* tmp: SwiGLU outputs before the round trip */
-        (size_t)(cap * D),                   /* out: w2 outputs of a group [D, cap] */
-        (size_t)(wide ? WIDE_ROWS * KMAX : 0), /* wbuf: decoded rows (wide GEMM) */
-        (size_t)(wide ? cap * KMAX : 0),     /* xt: transposed activations (wide GEMM) */
+        (size_t)D,                               /* scratch: one input row */
+        (size_t)(cap ? T * D : 0),               /* xin: every token's FMA GEMM input */
+        (size_t)(cap * 2 * I),                   /* gu: w1|w3 outputs of a group [2I, cap] */
+        (size_t)(cap * I),                       /* act: w2 inputs of a group [cap, I] */
+        (size_t)I,                               /* tmp: one pair's SwiGLU outputs */
+        (size_t)(cap * D),                       /* out: w2 outputs of a group [D, cap] */
+        (size_t)(wide ? WIDE_ROWS * KMAX : 0),   /* wbuf: decoded rows (wide GEMM) */
+        (size_t)(wide ? cap * KMAX : 0),         /* xt: transposed activations (wide GEMM) */
+        (size_t)(own_xb ? (T * D + 1) / 2 : 0),  /* xb: bf16 inputs (AMX) */
+        (size_t)(cap_a * D / 2),                 /* a1 (AMX) */
+        (size_t)(cap_a * I / 2),                 /* a2 (AMX) */
+        (size_t)(cap_a * (2 * I > D ? 2 * I : D)), /* c (AMX) */
+        (size_t)(cap_a ? (bt_w13 > bt_w2 ? bt_w13 : bt_w2) / 2 : 0), /* bt (AMX) */
     };
-    float *buf[7];
-    size_t total = 0, offs[7];
-    for (int i = 0; i < 7; i++) {
+    enum { NBUF = sizeof sizes / sizeof sizes[0] };
+    size_t total = 0, offs[NBUF];
+    for (int i = 0; i < NBUF; i++) {
         offs[i] = total;
         total += (sizes[i] + 15) / 16 * 16;
     }
@@ -447,41 +727,56 @@ int64_t moe_fp4(const void *x, int64_t x_bf16, const int64_t *ids, const float *
         free(idx);
         return -1;
     }
-    for (int i = 0; i < 7; i++) buf[i] = mem + offs[i];
-    float *xin = buf[0], *gu = buf[1], *act = buf[2], *tmp = buf[3], *out = buf[4];
+    float *buf[NBUF];
+    for (int i = 0; i < NBUF; i++) buf[i] = mem + offs[i];
+    float *scratch = buf[0], *xin = buf[1], *tmp = buf[4];
+    uint16_t *xb = (uint16_t *)buf[8];
     float scales[256];
     e8m0_table(scales);
-    const workspace ws = {scales, buf[5], buf[6]};
+    const workspace ws = {scales, buf[6], buf[7], xin, buf[2], buf[3], tmp, buf[5], cap};
 
-    float *scratch = xin + T * D;
-    for (int64_t t = 0; t < T && cap; t++) {
-        for (int64_t i = 0; i < D; i++)
-            scratch[i] = bf16 ? bf16_to_f32(((const uint16_t *)x)[t * D + i])
-                              : ((const float *)x)[t * D + i];
-        linear_input(scratch, D, sim, xin + t * D);
+    if (cap || own_xb)
+        gemm_inputs(x, bf16, sim, T, D, scratch, cap ? xin : NULL, own_xb ? xb : NULL);
+#ifdef DSV4_AMX
+    amx_work aw = {own_xb ? xb : (const uint16_t *)x, (uint16_t *)buf[9],
+                   (uint16_t *)buf[10], (uint16_t *)buf[12], buf[11], tmp, {0}};
+    if (cap_a) {
+        bf16_tables(scales, aw.tabs);
+        amx_configure();
     }
-    const float *xs[GROUP];
-    int64_t tok[GROUP];
-    float wts[GROUP];
+#endif
+    int64_t tok[AMX_GROUP];
+    float wts[AMX_GROUP];
     for (int64_t e = 0; e < E; e++) {
         const fp4_mat W1 = {w1 + e * I * D / 2, w1_s + e * I * D / 32, D / 32};
         const fp4_mat W3 = {w3 + e * I * D / 2, w3_s + e * I * D / 32, D / 32};
         const fp4_mat W2 = {w2 + e * D * I / 2, w2_s + e * D * I / 32, I / 32};
+#ifdef DSV4_AMX
+        if (cap_a && start[e + 1] - start[e] >= AMX_MIN) {
+            const int64_t per = amx_pass_pairs(start[e + 1] - start[e]);
+            for (int64_t g0 = start[e]; g0 < start[e + 1]; g0 += per) {
+                const int64_t n = start[e + 1] - g0 < per ? start[e + 1] - g0 : per;
+                for (int64_t m = 0; m < n; m++) {
+                    tok[m] = order[g0 + m] / k;
+                    wts[m] = weights[order[g0 + m]];
+                }
+                amx_group(W1, W3, W2, tok, wts, n, limit, sim, bf16, &aw, y);
+            }
+            continue;
+        }
+#endif
         for (int64_t g0 = start[e]; g0 < start[e + 1]; g0 += cap) {
             const int64_t n = start[e + 1] - g0 < cap ? start[e + 1] - g0 : cap;
             for (int64_t m = 0; m < n; m++) {
                 tok[m] = order[g0 + m] / k;
                 wts[m] = weights[order[g0 + m]];
-                xs[m] = xin + tok[m] * D;
             }
-            fp4_gemm(W1, I, xs, n, &ws, gu, cap);
-            fp4_gemm(W3, I, xs, n, &ws, gu + I * cap, cap);
-            swiglu_group(gu, cap, n, I, wts, limit, sim, bf16, tmp, act);
-            for (int64_t m = 0; m < n; m++) xs[m] = act + m * I;
-            fp4_gemm(W2, D, xs, n, &ws, out, cap);
-            add_outputs(out, cap, n, tok, D, sim, bf16, y);
+            fma_group(W1, W3, W2, tok, wts, n, limit, sim, bf16, &ws, y);
         }
     }
+#ifdef DSV4_AMX
+    if (cap_a) _tile_release();
+#endif
     free(mem);
     free(idx);
     return bad;

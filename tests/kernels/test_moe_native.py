@@ -12,6 +12,10 @@ with the same activation values in fp32, so only the order of the fp32 sums diff
   through the FP8 round trip, where a flip is one e4m3 step (2^-3 relative) of one element:
   relative L2 <= 2e-3 (the Triton twin's bound), and at most 1% of the outputs more than
   one bf16 ulp off (seen: none).
+The AMX path (impl "best" on CPUs with tiles) multiplies the same bf16-valued operands exactly
+and sums in fp32, so the same bounds hold for it. silu's exp is the kernel's own (correctly
+rounded but for rare ties), torch's vector exp differs by an ulp in a few % of elements: far
+inside these bounds.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import dsv4.kernels.moe as moe_module
 from dsv4.kernels import native
 from dsv4.kernels.formats import quantize_fp4_weight
 from dsv4.kernels.moe import moe, moe_ref
-from dsv4.kernels.moe_native import MoEKernelError, moe_native, native_supported
+from dsv4.kernels.moe_native import MoEKernelError, available_impls, moe_native, native_supported
 
 from .conftest import rel_l2
 
@@ -37,6 +41,14 @@ def lib() -> ctypes.CDLL:
     if native.compiler() is None:
         pytest.skip("no C compiler")
     return native.load("moe")
+
+
+@pytest.fixture(params=["best", "no_amx"])
+def impl(request, lib) -> str:
+    """The AMX path ("best", where the CPU lends tiles) and the FMA GEMMs ("no_amx")."""
+    if request.param not in available_impls(lib):
+        pytest.skip("no AMX tiles here: 'best' runs the FMA GEMMs of 'no_amx'")
+    return request.param
 
 
 def _experts(e: int, rows: int, cols: int, scale: float):
@@ -76,49 +88,74 @@ def _assert_matches(out: torch.Tensor, ref: torch.Tensor, dtype, quant_sim: bool
 
 
 # (T, D, I, E, k): decode, irregular sizes (D, I multiples of 32 only), enough pairs per
-# expert for the wide GEMM (16+ pairs, with leftovers for the narrow one), the benchmark's.
-_SHAPES = [(1, 512, 128, 16, 4), (7, 160, 96, 5, 3), (70, 256, 128, 3, 2), (64, 512, 128, 16, 4)]
+# expert for the wide GEMM and the AMX path (8+ pairs; the tiles' 16-row tails), prefill.
+_SHAPES = [(1, 512, 128, 16, 4), (7, 160, 96, 5, 3), (70, 256, 128, 3, 2), (45, 160, 96, 3, 2),
+           (64, 512, 128, 16, 4), (256, 512, 128, 16, 4)]  # fmt: skip
 
 
-@pytest.mark.parametrize("shape", _SHAPES)
+# quant_sim needs D and I multiples of the 128-wide activation blocks (the reference too)
+_CASES = [(shape, sim) for shape in _SHAPES for sim in (False, True)
+          if not sim or (shape[1] % 128 == 0 and shape[2] % 128 == 0)]  # fmt: skip
+
+
+@pytest.mark.parametrize("shape, quant_sim", _CASES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("quant_sim", [False, True])
-def test_matches_reference(lib, shape, dtype, quant_sim):
+def test_matches_reference(lib, impl, shape, dtype, quant_sim):
     t, d, i, e, k = shape
-    if quant_sim and (d % 128 or i % 128):
-        pytest.skip("quant_sim needs D and I multiples of the 128 activation blocks")
     args = _case(t, d, i, e, k, dtype)
-    _assert_matches(moe_native(lib, *args, 1.0, quant_sim), moe_ref(*args, 1.0, quant_sim),
+    _assert_matches(moe_native(lib, *args, 1.0, quant_sim, impl), moe_ref(*args, 1.0, quant_sim),
                     dtype, quant_sim)  # fmt: skip
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("limit", [0.0, 10.0])
-def test_large_values_and_limits(lib, dtype, limit):
+def test_large_values_and_limits(lib, impl, dtype, limit):
     # Larger weights: w1/w3 outputs reach ~30, so limit 10 clamps and 0 (no clamp) does not.
     args = _case(19, 128, 256, 5, 3, dtype, scale=0.5)
     for quant_sim in (False, True):
-        out = moe_native(lib, *args, limit, quant_sim)
+        out = moe_native(lib, *args, limit, quant_sim, impl)
         _assert_matches(out, moe_ref(*args, limit, quant_sim), dtype, quant_sim)
 
 
-@pytest.mark.parametrize("t", [147, 150, 131])
-def test_one_expert_takes_every_pair(lib, t):
-    # Groups of 64 pairs and a tail of 19, 22 or 3: every GEMM shape (two and one 16-pair
-    # tiles, padded 8-row tiles, single rows) in one call.
+@pytest.mark.parametrize("t", [7, 8, 17, 131, 147, 150, 301])
+def test_one_expert_takes_every_pair(lib, impl, t):
+    # FMA GEMMs: groups of 64 pairs and tails of 19, 22 or 3 (two and one 16-pair tiles,
+    # padded 8-row tiles, single rows). AMX: below and at its threshold of 8 pairs, blocks of
+    # 32 rows with a 16-row tail, and 301 pairs in two passes (151 and 150).
     ids = torch.full((t, 1), 2, dtype=torch.int64)
     args = _case(t, 128, 128, 4, 1, torch.bfloat16, ids=ids)
-    _assert_matches(moe_native(lib, *args, 1.0, True), moe_ref(*args, 1.0, True),
-                    torch.bfloat16, True)  # fmt: skip
+    for quant_sim in (False, True):
+        out = moe_native(lib, *args, 1.0, quant_sim, impl)
+        _assert_matches(out, moe_ref(*args, 1.0, quant_sim), torch.bfloat16, quant_sim)
 
 
-def test_duplicates_and_zero_weights(lib):
-    x, ids, weights, *experts = _case(4, 128, 128, 3, 2, torch.float32)
+def test_amx_runs_where_operands_are_bf16_values(lib):
+    # Prefill groups (~64 pairs per expert). bf16 activations: the AMX path sums in another
+    # order than the FMA GEMMs, so some fp32 outputs differ in their last bits (proof that it
+    # ran), both within the bounds. fp32 activations without quant_sim are not bf16 values:
+    # the FMA GEMMs run for "best" too, bit for bit.
+    if "best" not in available_impls(lib):
+        pytest.skip("no AMX tiles here")
+    args = _case(256, 512, 128, 16, 4, torch.bfloat16)
+    amx, fma = (moe_native(lib, *args, 1.0, False, impl) for impl in ("best", "no_amx"))
+    assert not torch.equal(amx, fma)
+    _assert_matches(amx, fma, torch.bfloat16, False)
+    x32 = args[0].float() + torch.randn(args[0].shape) * 1e-3  # not bf16 values
+    args = (x32, *args[1:])
+    assert torch.equal(moe_native(lib, *args, 1.0, False, "best"),
+                       moe_native(lib, *args, 1.0, False, "no_amx"))  # fmt: skip
+
+
+@pytest.mark.parametrize("t", [4, 40])  # 40: groups of 8+ pairs, on AMX tiles ("best")
+def test_duplicates_and_zero_weights(lib, impl, t):
+    x, ids, weights, *experts = _case(t, 128, 128, 3, 2, torch.bfloat16)
     ids[1] = torch.tensor([2, 2])
     weights[3] = 0.0  # a row with all routing weights zero: exactly zero output
-    out = moe_native(lib, x, ids, weights, *experts, 1.0, False)
-    _assert_matches(out, moe_ref(x, ids, weights, *experts, 1.0, False), torch.float32, False)
+    out = moe_native(lib, x, ids, weights, *experts, 1.0, False, impl)
+    _assert_matches(out, moe_ref(x, ids, weights, *experts, 1.0, False), torch.bfloat16, False)
     assert torch.equal(out[3], torch.zeros(128))
+    x, ids, weights, *experts = _case(4, 128, 128, 3, 2, torch.float32)
+    ids[1] = torch.tensor([2, 2])
     # Row 1 routed twice to expert 2 is twice row 1 routed once with the same weight.
     once = moe_native(lib, x[1:2], ids[1:2, :1], weights[1:2, :1].clone().fill_(0.5),
                       *experts, 1.0, False)  # fmt: skip
