@@ -52,6 +52,7 @@ class Attention:
     compressor: Compressor | None = None
     indexer: Indexer | None = None
     qkv_a: torch.Tensor | None = None  # wq_a's and wkv's kept dense weights, stacked
+    wo_a_fp8: FP8Linear | None = None  # wo_a as stored (CPU): the C kernels read half the bytes
 
     def __post_init__(self) -> None:
         if self.qkv_a is None:
@@ -67,11 +68,13 @@ class Attention:
             comp = Compressor.load(get, f"{prefix}.compressor", ratio, args.head_dim, args.norm_eps)
         if ratio == 4:
             idx = Indexer.load(get, f"{prefix}.indexer", args)
+        wo_a = fp8("wo_a")
+        wo_a_bf16, wo_a.dense = wo_a.dequantized().bfloat16(), None
         return cls(fp8("wq_a"), get(f"{prefix}.q_norm.weight").float(), fp8("wq_b"), fp8("wkv"),
-                   get(f"{prefix}.kv_norm.weight").float(),
-                   fp8("wo_a").dequantized().bfloat16(), fp8("wo_b"),
+                   get(f"{prefix}.kv_norm.weight").float(), wo_a_bf16, fp8("wo_b"),
                    get(f"{prefix}.attn_sink").float(), Rope.for_layer(args, ratio, device),
-                   args, ratio, comp, idx)  # fmt: skip
+                   args, ratio, comp, idx,
+                   wo_a_fp8=wo_a if wo_a.weight.device.type == "cpu" else None)  # fmt: skip
 
     def new_state(self, dtype: torch.dtype, device) -> LayerState:
         a = self.args
@@ -139,24 +142,37 @@ class Attention:
         j = torch.arange(n, device=x.device)
         return torch.where(j[None, :] < ((pos + 1) // self.ratio)[:, None], j[None, :], -1)
 
+    def _project_out_stored(self, o: torch.Tensor, g: int, r: int) -> torch.Tensor | None:
+        """o act [S, H·hd] through wo_a as stored (FP8), on CPU: a C GEMV per group at
+        decode, the AMX GEMM at prefill; fp32 sums rounded once to the act dtype, REF's bf16
+        GEMM of the same values up to summation order. None where neither applies."""
+        lin, seq = self.wo_a_fp8, o.shape[0]
+        if lin is None or r % 128:
+            return None
+        if (lib := native_gemm(o, lin.weight)) is not None:
+            parts = [gemm_native.fp8_gemm(lib, og, *_group_rows(lin, i, r), False, o.dtype)
+                     for i, og in enumerate(o.view(seq, g, -1).unbind(1))]  # fmt: skip
+            return parts[0] if g == 1 else torch.cat(parts, dim=1)
+        if g == 1:
+            return amx_gemm(o.view(seq, -1), lin.weight, lin.scale_fp32, o.dtype)
+        return None
+
     def _project_out(self, o: torch.Tensor, nx: Numerics) -> torch.Tensor:
         """Grouped low-rank projection: per group g, o_g [S, H/G·hd] @ wo_a_gᵀ, then wo_b."""
         a, seq = self.args, o.shape[0]
         g = a.o_groups
-        if (lib := native_gemm(o, self.wo_a)) is not None:  # decode: one C GEMV per group
-            # fp32 sums of the bf16 (or fp32) products, rounded once to the act dtype: REF's
-            # bf16 GEMM (fp32 accumulation) up to summation order
-            parts = zip(
-                o.view(seq, g, -1).unbind(1), self.wo_a.view(g, a.o_lora_rank, -1), strict=True
-            )
-            y = torch.cat([gemm_native.bf16_gemm(lib, og, wg, o.dtype) for og, wg in parts], 1)
+        if (y := self._project_out_stored(o, g, a.o_lora_rank)) is not None:
             return self.wo_b(y, nx)
-        if g == 1 and (y := amx_gemm(o.view(seq, -1), self.wo_a, out_dtype=o.dtype)) is not None:
-            return self.wo_b(y, nx)  # prefill on AMX tiles: fp32 sums rounded once, as REF
         wo_a = self.wo_a.to(o.dtype).view(g, a.o_lora_rank, -1)  # bf16 in bf16 mode, as REF
         # [G, S, H/G·hd] @ [G, H/G·hd, R]: a batched matmul (torch's einsum is slow in bf16)
         o = torch.bmm(o.view(seq, g, -1).transpose(0, 1), wo_a.transpose(1, 2)).transpose(0, 1)
         return self.wo_b(o.flatten(1), nx)
+
+
+def _group_rows(lin: FP8Linear, g: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows g·rows… of an FP8 weight with their block scales (rows a multiple of 128)."""
+    lo, blk = g * rows, rows // 128
+    return lin.weight[lo : lo + rows], lin.scale_fp32[g * blk : (g + 1) * blk]
 
 
 def _window(

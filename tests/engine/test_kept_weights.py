@@ -105,3 +105,24 @@ def test_dense_copies_are_kept_only_without_amx(monkeypatch):
     monkeypatch.setenv("DSV4_CPU_DENSE_FP8", "1")
     monkeypatch.setattr(weights, "amx_ready", lambda: True)
     assert weights.keep_dense_on_cpu()
+
+
+@pytest.mark.parametrize("rows, groups", [(1, 1), (1, 2), (40, 1)])
+def test_wo_a_read_as_stored_fp8_matches_the_bf16_copy(rows, groups):
+    from types import SimpleNamespace
+
+    from dsv4.engine.attention import Attention
+    from dsv4.kernels.formats import quantize_fp8_weight
+
+    assert load_model(GOLDEN).layers[0].attn.wo_a_fp8 is not None  # kept on CPU
+    g = torch.Generator().manual_seed(rows + groups)
+    r, k = 256, 384  # per group: rank rows of wo_a, inputs
+    w, s = quantize_fp8_weight(torch.randn(groups * r, k, generator=g) * 0.05)
+    lin = FP8Linear(w, s)
+    o = torch.randn(rows, groups * k, generator=g).bfloat16()
+    got = Attention._project_out_stored(SimpleNamespace(wo_a_fp8=lin), o, groups, r)
+    assert got is not None and got.dtype == torch.bfloat16
+    plain = lin.dequantized().bfloat16().float().view(groups, r, k)  # the bf16 wo_a
+    want = torch.einsum("sgk,grk->sgr", o.float().view(rows, groups, k), plain).flatten(1)
+    # bf16 outputs of fp32 sums in another order: within one bf16 step
+    torch.testing.assert_close(got.float(), want, rtol=2**-7, atol=1e-6)
