@@ -17,6 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
+from dsv4.kernels import compress_native
+from dsv4.kernels.dispatch import native_lib
+
 from .rope import Rope, apply_rope
 from .state import CompressorState
 from .weights import Getter, linear_fp32, rms_norm
@@ -78,6 +81,8 @@ class Compressor:
     def _pool(self, kv: torch.Tensor, score: torch.Tensor, lo: int, n: int) -> torch.Tensor:
         """Pool n consecutive windows whose first row is `lo` -> fp32 [n, d]."""
         r, d = self.ratio, self.d
+        if (lib := native_lib("compress", kv, score)) is not None:  # one C call
+            return compress_native.pool(lib, kv, score, lo, n, r, d, bool(self.overlap))
         cur_kv = kv[lo : lo + n * r].view(n, r, -1)
         cur_score = score[lo : lo + n * r].view(n, r, -1)
         if self.overlap:

@@ -33,7 +33,7 @@
  * fp32 activations without quant_sim are not bf16 values and keep the FMA paths.
  *
  * The elementwise steps (SwiGLU, the FP8 round trips, the output adds) run 16 lanes at a
- * time in both paths, silu with the kernel's own exp (exp_f32 / exp16, see there).
+ * time in both paths, silu with the shared exp of common.h (exp_f32 / exp16).
  */
 #include "amx.h"
 #include "common.h"
@@ -367,60 +367,6 @@ static void fp8_round_trip_128(float *x) {
     fp8_block_round_trip(x, 128);
 #endif
 }
-
-/* e^x of fp32 x, evaluated in double and rounded once to fp32: k = rint(x / ln 2),
- * r = x - k ln 2 (ln 2 in two parts, the first with 32 bits: k·LN2_HI and the difference are
- * exact), a degree-11 Taylor polynomial of e^r (|r| <= ln 2 / 2: truncation 7e-15), times 2^k.
- * Within ~1e-14 of e^x before the rounding, so the correctly rounded fp32 but for rare ties at
- * that distance: glibc's expf (0.502 ulp) differs from it in ~1e-4 of the inputs, torch's
- * vector exp in a few %. The vector version (exp16) runs the same double operations in the
- * same order: the same bits for every fp32 input (checked for all in [-110, 95]). x is clamped
- * to [-150, 100] first (e^x is 0 or inf in fp32 beyond), NaN stays NaN. */
-#define EXP_LOG2E 0x1.71547652b82fep0
-#define EXP_LN2_HI 0x1.62e42feep-1
-#define EXP_LN2_LO 0x1.a39ef35793c76p-33
-#define EXP_TAYLOR(r, MUL, ADD)                                                                \
-    ADD(MUL(ADD(MUL(ADD(MUL(ADD(MUL(ADD(MUL(ADD(MUL(ADD(MUL(ADD(MUL(ADD(MUL(ADD(MUL(ADD(MUL(  \
-        C(1.0 / 39916800.0), r), C(1.0 / 3628800.0)), r), C(1.0 / 362880.0)), r),               \
-        C(1.0 / 40320.0)), r), C(1.0 / 5040.0)), r), C(1.0 / 720.0)), r), C(1.0 / 120.0)), r),  \
-        C(1.0 / 24.0)), r), C(1.0 / 6.0)), r), C(0.5)), r), C(1.0)), r), C(1.0))
-
-static inline float exp_f32(float x) {
-    if (x != x) return x;
-    double v = x < -150.0f ? -150.0 : (x > 100.0f ? 100.0 : (double)x);
-    double k = rint(v * EXP_LOG2E), r = (v - k * EXP_LN2_HI) - k * EXP_LN2_LO;
-#define C(c) (c)
-#define MUL(a, b) ((a) * (b))
-#define ADD(a, b) ((a) + (b))
-    double p = EXP_TAYLOR(r, MUL, ADD);
-#undef C
-#undef MUL
-#undef ADD
-    return (float)ldexp(p, (int)k);
-}
-
-#ifdef __AVX512F__
-static inline __m512d exp8_f64(__m512d v) {
-    /* max/min return their second operand for NaN: NaN kept */
-    v = _mm512_min_pd(_mm512_set1_pd(100.0), _mm512_max_pd(_mm512_set1_pd(-150.0), v));
-    __m512d k = _mm512_roundscale_pd(_mm512_mul_pd(v, _mm512_set1_pd(EXP_LOG2E)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512d r = _mm512_sub_pd(_mm512_sub_pd(v, _mm512_mul_pd(k, _mm512_set1_pd(EXP_LN2_HI))),
-                              _mm512_mul_pd(k, _mm512_set1_pd(EXP_LN2_LO)));
-#define C(c) _mm512_set1_pd(c)
-    __m512d p = EXP_TAYLOR(r, _mm512_mul_pd, _mm512_add_pd);
-#undef C
-    return _mm512_scalef_pd(p, k);
-}
-
-static inline __m512 exp16(__m512 x) {
-    __m512d lo = exp8_f64(_mm512_cvtps_pd(_mm512_castps512_ps256(x)));
-    __m256 upper = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1));
-    __m512d hi = exp8_f64(_mm512_cvtps_pd(upper));
-    __m512d l = _mm512_castps_pd(_mm512_castps256_ps512(_mm512_cvtpd_ps(lo)));
-    return _mm512_castpd_ps(_mm512_insertf64x4(l, _mm256_castps_pd(_mm512_cvtpd_ps(hi)), 1));
-}
-#endif
 
 #ifdef __AVX512F__
 /* The gather indices 0, s, .., 15·s. */

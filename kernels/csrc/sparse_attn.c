@@ -26,7 +26,7 @@
  * in the last bit). Cody-Waite reduction x = k ln2 + r, |r| <= ln2/2, degree-7 Taylor
  * polynomial, and 2^k applied in two halves so that results down to the subnormals come out
  * right. Written lane-wise so that gcc vectorizes the loops that call it. */
-static inline float exp_f32(float x) {
+static inline float exp_lanes(float x) {
     const float ln2_hi = 0.693145751953125f, ln2_lo = 1.428606765330187e-06f;
     float xc = x < -104.0f ? -104.0f : (x > 89.0f ? 89.0f : x);
     float k = rintf(xc * 1.44269504088896341f);
@@ -211,19 +211,19 @@ static float sink_softmax(float *s, int64_t nv, float sink, int bf16, uint16_t *
     if (p16) {
 #pragma omp simd reduction(+ : sum)
         for (int64_t j = 0; j < nv; j++) {
-            float e = exp_f32(s[j] - top);
+            float e = exp_lanes(s[j] - top);
             sum += e;
             p16[j] = f32_to_bf16(e);
         }
     } else {
 #pragma omp simd reduction(+ : sum)
         for (int64_t j = 0; j < nv; j++) {
-            float e = exp_f32(s[j] - top);
+            float e = exp_lanes(s[j] - top);
             sum += e;
             s[j] = bf16 ? round_bf16(e) : e;
         }
     }
-    return sum + exp_f32(sink - top);
+    return sum + exp_lanes(sink - top);
 }
 
 /* y [D] act = o / dn, cast as `(out / denom).to(dtype)` does. */
