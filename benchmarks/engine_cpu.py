@@ -5,10 +5,11 @@ Regime: one sequence, one thread (`torch.set_num_threads(1)`), a random prompt o
 `--prompt` tokens, then `--decode` one-token steps. The engine keeps its weights FP8/FP4 as
 stored and runs the production numerics (bf16 activations, quantization simulation); the
 baseline gets the weights dequantized to bf16 (transformers has no CPU FP8 path).
-Both get one short warm-up sequence (one-time kernel set-up), then `--repeat` timed
-sequences; each phase keeps its best time. Rates are given from wall time and from the
-process's CPU time: with one thread, CPU time is the work done, while wall time on a shared
-machine also counts time other jobs held the core.
+The two sides take turns: `--repeat` rounds, each loading each side afresh, running one
+short warm-up sequence (one-time kernel set-up) and one timed sequence, so that both meet
+the machine's fast and slow phases alike; each phase keeps its best time. Rates are given
+from wall time and from the process's CPU time: with one thread, CPU time is the work done,
+while wall time on a shared machine also counts time other jobs held the core.
 Prefill is timed in two regimes: "all logits" (the engine's `prefill(ids)` API, fp32 logits
 for every prompt position, against transformers' default forward) and "last logits", as a
 generation runs it (`prefill(ids, logits="last")` against `logits_to_keep=1`, which is what
@@ -123,7 +124,8 @@ def _best_rates(runs: list[Laps], n_prompt: int, n_decode: int) -> dict[str, flo
     return rates
 
 
-def _time_engine(ckpt: Path, ids: list[int], n_decode: int, repeat: int) -> dict[str, float]:
+def _time_engine(ckpt: Path, ids: list[int], n_decode: int, repeat: int) -> tuple[list, float]:
+    """`repeat` timed sequences after a warm-up -> (their laps, peak RSS MiB)."""
     from dsv4.engine import load_model
 
     _reset_peak()
@@ -141,14 +143,14 @@ def _time_engine(ckpt: Path, ids: list[int], n_decode: int, repeat: int) -> dict
         return prefill, prefill_last, clock.lap()
 
     run(ids[:16], 2)
-    rates = _best_rates([run(ids, n_decode) for _ in range(repeat)], len(ids), n_decode)
-    return rates | {"peak_rss_mib": _peak_rss_mib()}
+    return [run(ids, n_decode) for _ in range(repeat)], _peak_rss_mib()
 
 
 @torch.no_grad()
 def _time_transformers(
     folder: Path, ids: list[int], n_decode: int, repeat: int
-) -> dict[str, float]:
+) -> tuple[list, float]:
+    """As `_time_engine`, for transformers' DeepseekV4ForCausalLM."""
     from transformers import DeepseekV4ForCausalLM
 
     _reset_peak()
@@ -167,8 +169,22 @@ def _time_transformers(
         return prefill, prefill_last, clock.lap()
 
     run(ids[:16], 2)
-    rates = _best_rates([run(ids, n_decode) for _ in range(repeat)], len(ids), n_decode)
-    return rates | {"peak_rss_mib": _peak_rss_mib()}
+    return [run(ids, n_decode) for _ in range(repeat)], _peak_rss_mib()
+
+
+def _interleaved(timers: dict, ids: list[int], n_decode: int, rounds: int) -> dict[str, dict]:
+    """Rates of each side from `rounds` rounds that run the sides in turn, one timed sequence
+    each (a fresh load and warm-up per round): the machine's speed moves between phases, and
+    taking turns gives each side the same phases. Best time per phase; the highest peak RSS."""
+    laps: dict[str, list] = {name: [] for name in timers}
+    peaks: dict[str, float] = dict.fromkeys(timers, 0.0)
+    for _ in range(rounds):
+        for name, timer in timers.items():
+            runs, peak = timer(ids, n_decode, 1)
+            laps[name] += runs
+            peaks[name] = max(peaks[name], peak)
+    return {name: _best_rates(laps[name], len(ids), n_decode) | {"peak_rss_mib": peaks[name]}
+            for name in timers}  # fmt: skip
 
 
 _PHASES = ("prefill", "prefill_last", "decode")
@@ -203,7 +219,7 @@ def main() -> None:
     )
     p.add_argument("--prompt", type=int, default=256, help="prompt tokens")
     p.add_argument("--decode", type=int, default=32, help="decoded tokens")
-    p.add_argument("--repeat", type=int, default=3, help="timed sequences (best kept)")
+    p.add_argument("--repeat", type=int, default=3, help="rounds of turns (best kept)")
     p.add_argument("--no-baseline", action="store_true", help="skip transformers")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -218,7 +234,14 @@ def main() -> None:
         1000, 100000, (args.prompt,), generator=torch.Generator().manual_seed(0)
     ).tolist()
     load = os.getloadavg()[0]
-    engine = _time_engine(ckpt, ids, args.decode, args.repeat)
+    timers = {"engine": lambda *a: _time_engine(ckpt, *a)}
+    if not args.no_baseline:
+        from dsv4.engine.export import export_dequantized
+
+        hf_dir = export_dequantized(ckpt, work / "hf", torch.bfloat16)
+        timers["transformers"] = lambda *a: _time_transformers(hf_dir, *a)
+    rates = _interleaved(timers, ids, args.decode, args.repeat)
+    engine = rates["engine"]
     bw, gemv_bw = _bandwidth_gbs(), _gemv_bandwidth_gbs()
     bound = bw * 1e9 / _decode_bytes(ckpt)
     result = {"checkpoint_mib": round(disk_mib, 1), "threads": 1, "prompt": args.prompt,
@@ -228,12 +251,8 @@ def main() -> None:
               "decode_vs_bound": round(engine["decode_tps"] / bound, 3),
               "decode_cpu_vs_bound": round(engine["decode_tps_cpu"] / bound, 3)}  # fmt: skip
     rows = [("engine (bf16, quant sim)", engine)]
-    if not args.no_baseline:
-        from dsv4.engine.export import export_dequantized
-
-        hf = _time_transformers(
-            export_dequantized(ckpt, work / "hf", torch.bfloat16), ids, args.decode, args.repeat
-        )
+    if "transformers" in rates:
+        hf = rates["transformers"]
         rows.append(("transformers (bf16)", hf))
         result["transformers"] = hf
         for key in (f"{k}_tps{cpu}" for k in _PHASES for cpu in ("", "_cpu")):
