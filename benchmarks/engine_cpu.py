@@ -175,14 +175,16 @@ def _time_transformers(
 def _interleaved(timers: dict, ids: list[int], n_decode: int, rounds: int) -> dict[str, dict]:
     """Rates of each side from `rounds` rounds that run the sides in turn, one timed sequence
     each (a fresh load and warm-up per round): the machine's speed moves between phases, and
-    taking turns gives each side the same phases. Best time per phase; the highest peak RSS."""
+    taking turns gives each side the same phases. Best time per phase. Peak RSS from the first
+    round, where the engine runs before the baseline was ever loaded (later rounds' peaks
+    would count what the other side left allocated)."""
     laps: dict[str, list] = {name: [] for name in timers}
-    peaks: dict[str, float] = dict.fromkeys(timers, 0.0)
+    peaks: dict[str, float] = {}
     for _ in range(rounds):
         for name, timer in timers.items():
             runs, peak = timer(ids, n_decode, 1)
             laps[name] += runs
-            peaks[name] = max(peaks[name], peak)
+            peaks.setdefault(name, peak)
     return {name: _best_rates(laps[name], len(ids), n_decode) | {"peak_rss_mib": peaks[name]}
             for name in timers}  # fmt: skip
 
