@@ -25,6 +25,9 @@ def test_wheel_has_only_the_dsv4_package(tmp_path: Path) -> None:
     for sub in ("cli", "agent", "tools", "engine", "kernels"):
         assert f"dsv4/{sub}/__init__.py" in names
     assert "dsv4/agent/events.schema.json" in names  # package data travels too
+    csrc = (ROOT / "kernels" / "csrc").iterdir()
+    for source in sorted(f"dsv4/kernels/csrc/{p.name}" for p in csrc):  # the C kernels' sources
+        assert source in names
 
 
 def test_subpackages_import_from_another_directory(tmp_path: Path) -> None:
