@@ -6,6 +6,9 @@ import os
 
 import torch
 
+from dsv4.kernels import native
+from dsv4.kernels.dispatch import kernels_mode
+
 from .checkpoint import open_checkpoint
 from .model import Model
 from .numerics import Numerics
@@ -26,6 +29,8 @@ def load_model(
     """
     numerics = Numerics(dtype, quant_sim)
     device = torch.device(device)
+    if device.type == "cpu" and kernels_mode() in ("auto", "native"):
+        native.prebuild()  # a fresh install compiles its C kernels here, in parallel
     with open_checkpoint(path_or_hf_id) as ckpt:
         ckpt.check()
 

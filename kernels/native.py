@@ -24,8 +24,10 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -82,14 +84,47 @@ def flags() -> tuple[str, ...]:
     return _FLAGS + tuple(os.environ.get("DSV4_NATIVE_CFLAGS", "").split())
 
 
+KERNELS = ("gemm", "amx", "rows", "route", "compress", "indexer", "mhc", "moe", "quant",
+           "sparse_attn")  # fmt: skip
+"""Every library of `csrc/` (one per .c file)."""
+
+
+def _target(name: str) -> tuple[Path, Path]:
+    """(source, library path in the cache) of kernel `name`."""
+    src = _SRC / f"{name}.c"
+    text = src.read_bytes() + b"".join(h.read_bytes() for h in sorted(_SRC.glob("*.h")))
+    key = hashlib.sha256(text + " ".join(flags()).encode() + _machine_key().encode())
+    return src, cache_dir() / f"{name}-{key.hexdigest()[:16]}.so"
+
+
+def prebuild(names: tuple[str, ...] = KERNELS) -> list[str]:
+    """Build the libraries that are not cached yet, in parallel (one compiler per core), with
+    one line on stderr: a fresh install compiles ~15 CPU-seconds of C, which would otherwise
+    stall a model's first forward pass silently. Returns the names built; build errors are
+    left for `library` to report."""
+    missing = [n for n in names if not _target(n)[1].exists()]
+    if not missing or compiler() is None:
+        return []
+    print(f"dsv4: compiling {len(missing)} CPU kernel libraries for this machine "
+          f"(first use; cached in {cache_dir()})", file=sys.stderr, flush=True)  # fmt: skip
+
+    def attempt(name: str) -> bool:
+        try:
+            build(name)
+            return True
+        except (NativeBuildError, OSError, subprocess.SubprocessError):
+            return False
+
+    with ThreadPoolExecutor(max_workers=min(len(missing), os.cpu_count() or 1)) as pool:
+        done = list(pool.map(attempt, missing))
+    return [n for n, ok in zip(missing, done, strict=True) if ok]
+
+
 def build(name: str) -> Path:
     """Compile `csrc/<name>.c` (if not built yet) and return the library's path.
 
     Raises `NativeBuildError` when there is no compiler or the source does not compile."""
-    src = _SRC / f"{name}.c"
-    text = src.read_bytes() + b"".join(h.read_bytes() for h in sorted(_SRC.glob("*.h")))
-    key = hashlib.sha256(text + " ".join(flags()).encode() + _machine_key().encode())
-    out = cache_dir() / f"{name}-{key.hexdigest()[:16]}.so"
+    src, out = _target(name)
     if out.exists():
         return out
     cc = compiler()

@@ -86,3 +86,27 @@ def test_the_mode_is_read_once_per_pinned_block(monkeypatch):
         monkeypatch.setenv("DSV4_KERNELS", "torch")
         assert dispatch.kernels_mode() == "auto" and dispatch.native_lib("gemm", x) is not None
     assert dispatch.kernels_mode() == "torch" and dispatch.native_lib("gemm", x) is None
+
+
+def test_prebuild_compiles_what_is_missing_once_and_says_so(fresh_cache, capsys):
+    assert sorted(native.prebuild(("gemm", "rows"))) == ["gemm", "rows"]
+    assert "compiling 2 CPU kernel libraries" in capsys.readouterr().err
+    assert len(list(fresh_cache.glob("*.so"))) == 2
+    assert native.prebuild(("gemm", "rows")) == []  # cached: nothing to do, nothing said
+    assert capsys.readouterr().err == ""
+    assert set(native.KERNELS) == {p.stem for p in native._SRC.glob("*.c")}
+
+
+def test_load_model_prebuilds_the_kernels(fresh_cache, monkeypatch):
+    from pathlib import Path
+
+    from dsv4.engine import load_model
+
+    built = []
+    monkeypatch.setattr(native, "prebuild", lambda: built.append(1) or [])
+    golden = Path(__file__).resolve().parent.parent / "data" / "golden" / "checkpoint"
+    load_model(golden)
+    assert built == [1]
+    monkeypatch.setenv("DSV4_KERNELS", "torch")
+    load_model(golden)
+    assert built == [1]  # the torch references need no C
