@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -66,9 +67,42 @@ def bf16_gemm(
     """x [M, K] (fp32 or bf16) @ w bf16 [N, K]ᵀ -> [M, N] in out_dtype, fp32 sums."""
     x, y = _operands(x, w, torch.bfloat16, out_dtype)
     (m, k), n = x.shape, w.shape[0]
-    rc = _fn(lib, "dsv4_bf16_gemm")(ptr(x), _ACT[x.dtype], ptr(w), ptr(y), _ACT[y.dtype], m, n, k)
-    _check_rc(rc, "bf16_gemm")
+    fn, xa, ya = _fn(lib, "dsv4_bf16_gemm"), _ACT[x.dtype], _ACT[y.dtype]
+    parts = _row_split(m, n)
+    if len(parts) == 1:
+        _check_rc(fn(ptr(x), xa, ptr(w), ptr(y), ya, m, n, k), "bf16_gemm")
+        return y
+    # one x row: each thread writes its own slice of y; the GIL is released during the calls
+    wb, yb, esize = ptr(w), ptr(y), y.element_size()
+    calls = [(ptr(x), xa, wb + lo * k * 2, yb + lo * esize, ya, 1, hi - lo, k) for lo, hi in parts]
+    for rc in _pool().map(lambda args: fn(*args), calls):
+        _check_rc(rc, "bf16_gemm")
     return y
+
+
+_SPLIT_MIN_ROWS = 1 << 14
+"""A one-row GEMV over at least this many weight rows (the head) is split over torch's
+threads: it streams the weight from memory, and one core does not saturate the memory
+system. Every output is the same dot product whatever the split, so results do not change."""
+
+
+def _row_split(m: int, n: int) -> list[tuple[int, int]]:
+    """[lo, hi) weight-row ranges for the threads (one range: no split)."""
+    threads = torch.get_num_threads()
+    if m != 1 or n < _SPLIT_MIN_ROWS or threads < 2:
+        return [(0, n)]
+    step = -(-n // threads)
+    step = -(-step // 64) * 64  # cache-line-sized boundaries in y
+    return [(lo, min(n, lo + step)) for lo in range(0, n, step)]
+
+
+@functools.cache
+def _pool_of(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dsv4-gemv")
+
+
+def _pool() -> ThreadPoolExecutor:
+    return _pool_of(torch.get_num_threads())
 
 
 def fp8_gemm(

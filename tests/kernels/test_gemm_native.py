@@ -219,3 +219,25 @@ def test_amx_build_without_tiles_declines(tmp_path, monkeypatch):
     assert not gemm_native.amx_ready(lib)
     x = torch.randn(20, 64).bfloat16()
     assert gemm_native.amx_gemm(lib, x, torch.randn(8, 64).bfloat16()) is None
+
+
+def test_one_row_gemv_split_over_threads_gives_the_same_bits():
+    lib = native.load("gemm")
+    g = torch.Generator().manual_seed(9)
+    w = (torch.randn(gemm_native._SPLIT_MIN_ROWS + 77, 64, generator=g) * 0.05).bfloat16()
+    x = torch.randn(1, 64, generator=g).bfloat16()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert len(gemm_native._row_split(1, w.shape[0])) == 1
+        one = gemm_native.bf16_gemm(lib, x, w)
+        torch.set_num_threads(3)
+        assert len(gemm_native._row_split(1, w.shape[0])) == 3
+        assert len(gemm_native._row_split(2, w.shape[0])) == 1  # only one-row GEMVs split
+        split = gemm_native.bf16_gemm(lib, x, w)
+        rounded = gemm_native.bf16_gemm(lib, x, w, torch.bfloat16)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, split)
+    assert torch.equal(rounded, one.bfloat16())
+    _close(one, x.double() @ w.double().T, x.double().abs() @ w.double().abs().T)
