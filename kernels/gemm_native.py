@@ -16,9 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from .native import F32, I64, P, declare, ptr
-
-_ACT = {torch.float32: 0, torch.bfloat16: 1}
+from .native import ACT_KIND, F32, I64, P, declare, ptr
 
 
 @functools.cache
@@ -48,7 +46,7 @@ def _check_scale(w: torch.Tensor, scale: torch.Tensor) -> None:
 
 
 def _operands(x: torch.Tensor, w: torch.Tensor, wdtype: torch.dtype, out_dtype: torch.dtype):
-    if x.dtype not in _ACT or out_dtype not in _ACT:
+    if x.dtype not in ACT_KIND or out_dtype not in ACT_KIND:
         raise ValueError(f"x {x.dtype}, output {out_dtype}: expected bfloat16 or float32")
     _check_weight(w, wdtype)
     if x.dim() != 2 or x.shape[1] != w.shape[1]:
@@ -67,7 +65,7 @@ def bf16_gemm(
     """x [M, K] (fp32 or bf16) @ w bf16 [N, K]ᵀ -> [M, N] in out_dtype, fp32 sums."""
     x, y = _operands(x, w, torch.bfloat16, out_dtype)
     (m, k), n = x.shape, w.shape[0]
-    fn, xa, ya = _fn(lib, "dsv4_bf16_gemm"), _ACT[x.dtype], _ACT[y.dtype]
+    fn, xa, ya = _fn(lib, "dsv4_bf16_gemm"), ACT_KIND[x.dtype], ACT_KIND[y.dtype]
     parts = _row_split(m, n)
     if len(parts) == 1:
         _check_rc(fn(ptr(x), xa, ptr(w), ptr(y), ya, m, n, k), "bf16_gemm")
@@ -121,8 +119,8 @@ def fp8_gemm(
     (m, k), n = x.shape, w.shape[0]
     if quant and k % 128:
         raise ValueError(f"activation quantization needs K % 128 == 0, got K = {k}")
-    rc = _fn(lib, "dsv4_fp8_gemm")(ptr(x), _ACT[x.dtype], ptr(w), ptr(scale), ptr(y),
-                                   _ACT[y.dtype], m, n, k, int(quant))  # fmt: skip
+    rc = _fn(lib, "dsv4_fp8_gemm")(ptr(x), ACT_KIND[x.dtype], ptr(w), ptr(scale), ptr(y),
+                                   ACT_KIND[y.dtype], m, n, k, int(quant))  # fmt: skip
     _check_rc(rc, "fp8_gemm")
     return y
 
@@ -145,7 +143,7 @@ def fp8_swiglu(
     if b3.shape != (i, d) or b2.shape != (d, i) or x.dim() != 2 or x.shape[1] != d:
         raise ValueError(f"x {tuple(x.shape)}, w1 {tuple(b1.shape)}, w3 {tuple(b3.shape)}, "
                          f"w2 {tuple(b2.shape)}: shapes do not match")  # fmt: skip
-    if x.dtype not in _ACT:
+    if x.dtype not in ACT_KIND:
         raise ValueError(f"x {x.dtype}: expected bfloat16 or float32")
     for b, c in ((b1, c1), (b3, c3), (b2, c2)):
         _check_weight(b, torch.float8_e4m3fn)
@@ -154,7 +152,7 @@ def fp8_swiglu(
         raise ValueError(f"activation quantization needs D and I % 128 == 0, got {d}, {i}")
     x = x.contiguous()
     y = torch.empty_like(x)
-    rc = _fn(lib, "dsv4_fp8_swiglu")(ptr(x), _ACT[x.dtype], ptr(b1), ptr(c1), ptr(b3), ptr(c3),
+    rc = _fn(lib, "dsv4_fp8_swiglu")(ptr(x), ACT_KIND[x.dtype], ptr(b1), ptr(c1), ptr(b3), ptr(c3),
                                      ptr(b2), ptr(c2), ptr(y), x.shape[0], d, i, limit,
                                      int(quant))  # fmt: skip
     _check_rc(rc, "fp8_swiglu")
@@ -192,6 +190,6 @@ def amx_gemm(
         _check_scale(w, scale)
     (m, k), n = x.shape, w.shape[0]
     s = ptr(scale) if fp8 else None
-    rc = _fn(lib, "dsv4_amx_gemm")(ptr(x), ptr(w), int(fp8), s, ptr(y), _ACT[y.dtype], m, n, k)
+    rc = _fn(lib, "dsv4_amx_gemm")(ptr(x), ptr(w), int(fp8), s, ptr(y), ACT_KIND[y.dtype], m, n, k)
     _check_rc(rc, "amx_gemm")
     return y

@@ -14,9 +14,7 @@ import functools
 import torch
 
 from .indexer import IndexerArgumentError
-from .native import I64, P, declare, ptr
-
-_ACT = {torch.float32: 0, torch.bfloat16: 1}
+from .native import ACT_KIND, I64, P, declare, ptr
 
 
 @functools.cache
@@ -41,7 +39,7 @@ def index_score_topk(
         raise IndexerArgumentError(f"arguments `ratio`={ratio}, `topk`={topk}: expected >= 1")
     b, m, h, d = q.shape
     n = k.shape[1]
-    if q.dtype not in _ACT or k.shape != (b, n, d) or weights.shape != (b, m, h):
+    if q.dtype not in ACT_KIND or k.shape != (b, n, d) or weights.shape != (b, m, h):
         raise IndexerArgumentError(
             f"q {q.dtype} {tuple(q.shape)}, k {tuple(k.shape)}, weights "
             f"{tuple(weights.shape)}: shapes or dtype do not match"
@@ -49,7 +47,7 @@ def index_score_topk(
     kout = min(topk, n)
     out = torch.full((b, m, kout), -1, dtype=torch.int32)
     pos = q_pos.to(torch.int64).contiguous()
-    kind, fn = _ACT[q.dtype], _fn(lib)
+    kind, fn = ACT_KIND[q.dtype], _fn(lib)
     for i in range(b):
         qi, ki = q[i].contiguous(), k[i].to(q.dtype).contiguous()
         wi, oi = weights[i].to(q.dtype).contiguous(), out[i]

@@ -183,6 +183,9 @@ def declare(lib: ctypes.CDLL, fn: str, *argtypes) -> ctypes._CFuncPtr:
     return f
 
 
+ACT_KIND = {torch.float32: 0, torch.bfloat16: 1}
+"""Activation dtype -> the kernels' `bf16` flag (bf16 tensors are passed as uint16 bits)."""
+
 P = ctypes.c_void_p
 """Pointer argument type (pass `ptr(tensor)`)."""
 I64 = ctypes.c_int64

@@ -8,9 +8,7 @@ import functools
 
 import torch
 
-from .native import F32, I64, P, declare, ptr
-
-_ACT = {torch.float32: 0, torch.bfloat16: 1}
+from .native import ACT_KIND, F32, I64, P, declare, ptr
 
 
 @functools.cache
@@ -34,7 +32,7 @@ def route(
     (hash layers) with the token ids int64 [T] -> (expert ids int64 [T, k], weights fp32
     [T, k]), as `MoE.route`."""
     (t, d), e = x.shape, gate.shape[0]
-    if x.dtype not in _ACT or gate.dtype != torch.float32 or gate.shape != (e, d):
+    if x.dtype not in ACT_KIND or gate.dtype != torch.float32 or gate.shape != (e, d):
         raise ValueError(f"x {x.dtype} {tuple(x.shape)}, gate {gate.dtype} {tuple(gate.shape)}")
     if (bias is None) == (tid2eid is None):
         raise ValueError("route: give exactly one of bias (top-k) and tid2eid (hash)")
@@ -42,7 +40,7 @@ def route(
     idx = torch.empty(t, topk, dtype=torch.int64)
     w = torch.empty(t, topk, dtype=torch.float32)
     vocab = 0 if tid2eid is None else tid2eid.shape[0]
-    bad = _fn(lib)(ptr(x), _ACT[x.dtype], ptr(gate), None if bias is None else ptr(bias),
+    bad = _fn(lib)(ptr(x), ACT_KIND[x.dtype], ptr(gate), None if bias is None else ptr(bias),
                    None if tid2eid is None else ptr(tid2eid), vocab, ptr(ids), t, d, e, topk,
                    route_scale, ptr(idx), ptr(w))  # fmt: skip
     if bad:

@@ -13,9 +13,7 @@ import functools
 
 import torch
 
-from .native import F32, I64, P, declare, ptr
-
-_ACT = {torch.float32: 0, torch.bfloat16: 1}
+from .native import ACT_KIND, F32, I64, P, declare, ptr
 
 
 @functools.cache
@@ -28,9 +26,9 @@ def _fn(lib: ctypes.CDLL, name: str):
 
 
 def _act(x: torch.Tensor) -> int:
-    if x.dtype not in _ACT:
+    if x.dtype not in ACT_KIND:
         raise ValueError(f"activation dtype {x.dtype}: expected bfloat16 or float32")
-    return _ACT[x.dtype]
+    return ACT_KIND[x.dtype]
 
 
 def rms_norm(lib: ctypes.CDLL, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
