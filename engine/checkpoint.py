@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from dsv4.engine import hugepages
 from dsv4.engine.config import ModelArgs, load_config
 from dsv4.engine.errors import CheckpointError
 from dsv4.engine.hub import CheckpointNotFound, resolve_model_path
@@ -176,7 +177,7 @@ class Checkpoint:
                 f"{self.path / file}: tensor {name} cannot be read "
                 f"({shard.error or 'truncated shard or unknown dtype'})"
             )
-        out = torch.empty(entry.shape, dtype=dtype)
+        out = hugepages.empty(entry.shape, dtype)  # advised before the read touches it
         if entry.end > entry.begin:
             self._read_into(file, name, entry.begin, out)
         if device is not None and torch.device(device).type != "cpu":

@@ -8,13 +8,14 @@ number of independent sessions can share one model.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
 
 from dsv4.kernels.dispatch import pinned_mode
 
+from . import hugepages
 from .block import Block
 from .config import ModelArgs
 from .numerics import Numerics
@@ -23,6 +24,8 @@ from .weights import FP8Linear, Getter, linear_fp32, rms_norm
 
 LogitRows = Literal["all", "last", "none"]
 """Which positions of a forward pass get logits."""
+
+_B = TypeVar("_B")
 
 
 @dataclass
@@ -86,8 +89,10 @@ class Model:
 
     @classmethod
     def load(cls, get: Getter, args: ModelArgs, numerics: Numerics, device) -> Model:
-        layers = [Block.load(get, f"layers.{i}", args, i, device) for i in range(args.n_layers)]
-        mtp = [MTPBlock.load(get, f"mtp.{i}", args, args.n_layers + i, device)
+        # Each block's small tensors go into one huge-page buffer as soon as it is built.
+        layers = [_packed(Block.load(get, f"layers.{i}", args, i, device))
+                  for i in range(args.n_layers)]  # fmt: skip
+        mtp = [_packed(MTPBlock.load(get, f"mtp.{i}", args, args.n_layers + i, device))
                for i in range(args.n_mtp_layers)]  # fmt: skip
         return cls(args, numerics, get("embed.weight"), layers, get("norm.weight").float(),
                    get("head.weight"), HeadMix.load(get, "hc_head"), mtp,
@@ -151,3 +156,8 @@ class Model:
         x = m.e_proj(e, nx).unsqueeze(1) + m.h_proj(rms_norm(h, m.hnorm, eps), nx)
         x = m.block(x, ids, start, state, nx)
         return self.logits(x, m.head_mix, m.norm)
+
+
+def _packed(block: _B) -> _B:
+    hugepages.pack(block)
+    return block

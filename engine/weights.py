@@ -34,6 +34,7 @@ from dsv4.kernels.gemm import (
 )
 from dsv4.kernels.quant import act_quant, act_quant_values
 
+from . import hugepages
 from .numerics import Numerics
 
 Getter = Callable[[str], torch.Tensor]  # tensor name -> stored tensor on the target device
@@ -194,7 +195,12 @@ def _amx_fp8_linears(x2, linears: tuple[FP8Linear, ...], dtype) -> list[torch.Te
 
 
 def linear_act(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """A plain linear in the activation dtype (bf16 weights such as `weights_proj`)."""
+    """A plain linear in the activation dtype (bf16 weights such as `weights_proj`): fp32
+    sums rounded once to x's dtype. A few rows on CPU take the C GEMV (torch's bf16 GEMM
+    costs ~0.2 ms per call at one row there)."""
+    lead, x2 = x.shape[:-1], x.reshape(-1, x.shape[-1])
+    if weight.dtype == torch.bfloat16 and (lib := native_gemm(x2, weight)) is not None:
+        return gemm_native.bf16_gemm(lib, x2, weight, x.dtype).view(*lead, -1)
     return F.linear(x, weight.to(x.dtype))
 
 
@@ -246,7 +252,10 @@ class ExpertBank:
 def _stack(names: list[str], get: Getter) -> torch.Tensor:
     """Load tensors one at a time into a preallocated [n, ...] buffer (no transient copy)."""
     first = get(names[0])
-    out = torch.empty((len(names), *first.shape), dtype=first.dtype, device=first.device)
+    if first.device.type == "cpu":
+        out = hugepages.empty((len(names), *first.shape), first.dtype)
+    else:
+        out = torch.empty((len(names), *first.shape), dtype=first.dtype, device=first.device)
     out[0] = first
     del first
     for i, name in enumerate(names[1:], start=1):
