@@ -34,8 +34,9 @@ def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def native_build(request: pytest.FixtureRequest, tmp_path_factory, name: str):
     """The C library `name` for a fixture parametrized over builds: "native", as the engine
-    loads it; any other parameter, built without AVX-512 into a temporary cache, so the
-    portable fallback loops are tested too."""
+    loads it; "no-bf16", without the AVX-512 BF16 dot products (the fp32 FMA loops that CPUs
+    before them run); any other parameter, built without AVX-512 into a temporary cache, so
+    the portable fallback loops are tested too."""
     import ctypes
 
     from dsv4.kernels import native
@@ -44,7 +45,8 @@ def native_build(request: pytest.FixtureRequest, tmp_path_factory, name: str):
         return native.load(name)
     mp = pytest.MonkeyPatch()
     mp.setenv("DSV4_CACHE_DIR", str(tmp_path_factory.mktemp("portable")))
-    mp.setenv("DSV4_NATIVE_CFLAGS", "-mno-avx512f")
+    flags = "-mno-avx512bf16" if request.param == "no-bf16" else "-mno-avx512f"
+    mp.setenv("DSV4_NATIVE_CFLAGS", flags)
     try:
         return ctypes.CDLL(str(native.build(name)))
     finally:

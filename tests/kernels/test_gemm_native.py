@@ -2,7 +2,9 @@
 
 Products are the same fp32 products as the references'; only the summation order differs, so
 results agree to fp32 rounding of sums (relative to Σ|x·w|). Each case also runs the portable
-scalar build (`-mno-avx512f`), which covers machines without AVX-512.
+scalar build (`-mno-avx512f`), which covers machines without AVX-512, and the fp32 FMA build
+(`-mno-avx512bf16`): where the CPU has AVX-512 BF16, FP8 GEMVs of bf16-exact activations
+(bf16, or FP8-quantized) run as bf16 dot products instead.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dsv4.kernels.quant import act_quant_values_ref
 from .conftest import native_build
 
 
-@pytest.fixture(scope="module", params=["native", "portable"])
+@pytest.fixture(scope="module", params=["native", "no-bf16", "portable"])
 def lib(request, tmp_path_factory) -> ctypes.CDLL:
     return native_build(request, tmp_path_factory, "gemm")
 
@@ -60,6 +62,22 @@ def test_fp8_gemm_without_quantization(lib, m, n, k):
     dense = dequantize_fp8(w, s).double()
     out = gemm_native.fp8_gemm(lib, x, w, s, quant=False)
     _close(out, x.double() @ dense.T, x.double().abs() @ dense.abs().T)
+
+
+@pytest.mark.parametrize("m, n, k", [(1, 200, 192), (2, 129, 200), (4, 64, 64)])
+def test_fp8_gemm_of_bf16_activations(lib, m, n, k):
+    """bf16 x without quantization: the BF16 dot-product path where K % 64 == 0 (the rest
+    of K in the fp32 loops otherwise), the same products either way."""
+    w, s = _fp8_weight(n, k, seed=7 * n + k)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(n)).bfloat16()
+    dense = dequantize_fp8(w, s).double()
+    for out_dtype in (torch.float32, torch.bfloat16):
+        out = gemm_native.fp8_gemm(lib, x, w, s, False, out_dtype)
+        want = x.double() @ dense.T
+        if out_dtype == torch.bfloat16:  # the fp32 sums rounded once
+            assert (out.double() - want).abs().le(want.abs() * 2**-8 + 1e-6).all()
+        else:
+            _close(out, want, x.double().abs() @ dense.abs().T)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
