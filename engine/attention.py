@@ -99,8 +99,8 @@ class Attention:
     ) -> torch.Tensor:
         """x act [S, D] at positions start… -> act [S, D]; updates `state`."""
         a, seq = self.args, x.shape[0]
-        pos = torch.arange(start, start + seq, device=x.device)
-        cos, sin = self.rope.tables(pos)
+        tables = self.rope.positions(start, seq)
+        _, cos, sin = tables
         # -- queries: low-rank q, per-head RMS scaling without weight (in the act dtype), RoPE
         q_low, kv = fp8_linears(x, (self.wq_a, self.wkv), nx, self.qkv_a)  # one act-quant
         qr = rms_norm(q_low, self.q_norm, a.norm_eps)
@@ -113,20 +113,42 @@ class Attention:
         # -- this chunk's window keys (= values)
         kv = rms_norm(kv, self.kv_norm, a.norm_eps)
         kv = self._quant_nope(apply_rope(kv, cos, sin), nx)
-        keys, idxs = _window(state, kv, start, a.window_size)
-        # -- compressed entries visible to each query
-        if self.ratio:
-            entries = self._compress(x, qr, start, state, nx)
-            comp_idxs = self._select(x, qr, start, state, nx, entries.shape[0], (pos, cos, sin))
-            comp_idxs = torch.where(comp_idxs >= 0, comp_idxs + keys.shape[0], -1)
-            keys = torch.cat((keys, entries))
-            idxs = torch.cat((idxs, comp_idxs), dim=1)
-        o = sparse_attn(
-            q[None], keys[None], self.attn_sink, idxs[None].to(torch.int32), a.head_dim**-0.5
-        )[0]
+        if seq == 1:
+            keys, idxs = self._step_keys(x, qr, kv, start, state, nx, tables)
+        else:
+            keys, idxs = self._chunk_keys(x, qr, kv, start, state, nx, tables)
+        o = sparse_attn(q[None], keys[None], self.attn_sink, idxs[None], a.head_dim**-0.5)[0]
         # V carries RoPE: rotate the output back at the query position.
         o = apply_rope(o, cos, sin, inverse=True)
         return self._project_out(o, nx)
+
+    def _chunk_keys(self, x, qr, kv, start: int, state: LayerState, nx: Numerics, tables):
+        """Keys (window part, then compressed entries) and each query's indices into them,
+        int32 [S, n] (−1 pads); updates `state`."""
+        keys, idxs = _window(state, kv, start, self.args.window_size)
+        if self.ratio:
+            entries = self._compress(x, qr, start, state, nx)
+            comp_idxs = self._select(x, qr, start, state, nx, entries.shape[0], tables)
+            comp_idxs = torch.where(comp_idxs >= 0, comp_idxs + keys.shape[0], -1)
+            keys = torch.cat((keys, entries))
+            idxs = torch.cat((idxs, comp_idxs), dim=1)
+        return keys, idxs.to(torch.int32)
+
+    def _step_keys(self, x, qr, kv, start: int, state: LayerState, nx: Numerics, tables):
+        """`_chunk_keys` for one token, with a few ops instead of a few dozen: the query sees
+        every key of the window, so the ring buffer itself (its own slot written first) is the
+        window part, in ring order; an HCA query sees every entry emitted so far."""
+        keys = _window_step(state, kv, start, self.args.window_size)
+        n_win = keys.shape[0]
+        if not self.ratio:
+            return keys, _iota(n_win, x.device)[None]
+        entries = self._compress(x, qr, start, state, nx)
+        keys = torch.cat((keys, entries))
+        if self.indexer is None:
+            return keys, _iota(keys.shape[0], x.device)[None]
+        chosen = self.indexer(x, qr, start, state, self.rope, nx, tables).to(torch.int32)
+        chosen = torch.where(chosen >= 0, chosen + n_win, -1)
+        return keys, torch.cat((_iota(n_win, x.device)[None], chosen), dim=1)
 
     def _compress(self, x, qr, start: int, state: LayerState, nx: Numerics) -> torch.Tensor:
         new, state.compressor = self.compressor(x, start, state.compressor, self.rope)
@@ -176,23 +198,19 @@ def _group_rows(lin: FP8Linear, g: int, rows: int) -> tuple[torch.Tensor, torch.
 
 
 def _window(
-    state: LayerState, kv: torch.Tensor, start: int, win: int, one_step: bool = True
+    state: LayerState, kv: torch.Tensor, start: int, win: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys of the window part and each query's indices into them.
 
     Returns (keys act [L, hd], idxs int64 [S, min(win, L)]): keys are the ring-buffer rows of
     positions max(0, start−win+1)…start−1 followed by the chunk's own rows; query t sees
     positions max(0, t−win+1)…t (−1 pads). The ring buffer is updated with the chunk.
-    `one_step`: a one-token chunk takes the short path (same results, a third of the ops).
     """
     end = start + kv.shape[0]
     first = max(0, start - win + 1)
     dev = kv.device
     past = state.window.index_select(0, torch.arange(first, start, device=dev) % win)
     keys = torch.cat((past, kv))
-    if one_step and kv.shape[0] == 1:  # the query sees every key; only its own slot changes
-        state.window[start % win] = kv[0]
-        return keys, torch.arange(keys.shape[0], device=dev)[None, :]
     width = min(win, keys.shape[0])
     t = torch.arange(start, end, device=dev)[:, None]
     cols = (t - win + 1).clamp_min(0) + torch.arange(width, device=dev)[None, :]
@@ -200,3 +218,23 @@ def _window(
     keep = torch.arange(max(first, end - win), end, device=dev)
     state.window.index_copy_(0, keep % win, keys.index_select(0, keep - first))
     return keys, idxs
+
+
+def _window_step(state: LayerState, kv: torch.Tensor, start: int, win: int) -> torch.Tensor:
+    """`_window` for one token, whose query sees every key: its slot of the ring buffer is
+    written (the position it held left the window), and the ring itself is the keys, act
+    [min(start+1, win), hd] in ring order (attention does not depend on the order)."""
+    state.window[start % win] = kv[0]
+    return state.window[: min(start + 1, win)]
+
+
+_IOTA: dict[torch.device, torch.Tensor] = {}
+
+
+def _iota(n: int, device: torch.device) -> torch.Tensor:
+    """int32 0…n−1 on `device`: a view of a shared table, grown on demand, never written."""
+    table = _IOTA.get(device)
+    if table is None or table.shape[0] < n:
+        size = max(n, 4096, 0 if table is None else 2 * table.shape[0])
+        table = _IOTA[device] = torch.arange(size, dtype=torch.int32, device=device)
+    return table[:n]

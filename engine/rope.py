@@ -9,7 +9,7 @@ complex64 `freqs_cis`), then written back in the activation dtype.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -43,23 +43,43 @@ def inv_freqs(dim: int, theta: float, yarn: tuple[int, float, float, float] | No
 
 @dataclass(frozen=True)
 class Rope:
-    """One layer's RoPE table: cos/sin of `position · inv_freq` for any positions."""
+    """A RoPE table: cos/sin of `position · inv_freq` for any positions.
+
+    Layers with the same frequencies share one instance (`for_layer`), so that a decode step
+    computes the tables of its position once per kind of layer, not once per layer."""
 
     inv_freq: torch.Tensor  # fp32 [rope_dim / 2]
+    _step: list = field(default_factory=lambda: [None], compare=False, repr=False)
 
     @classmethod
     def for_layer(cls, args: ModelArgs, ratio: int, device: torch.device | str) -> Rope:
         if ratio:
             yarn = (args.original_seq_len, args.rope_factor, args.beta_fast, args.beta_slow)
-            freqs = inv_freqs(args.rope_head_dim, args.compress_rope_theta, yarn)
+            key = (args.rope_head_dim, args.compress_rope_theta, yarn, str(device))
         else:
-            freqs = inv_freqs(args.rope_head_dim, args.rope_theta, None)
-        return cls(freqs.to(device))
+            key = (args.rope_head_dim, args.rope_theta, None, str(device))
+        if (rope := _SHARED.get(key)) is None:
+            rope = _SHARED[key] = cls(inv_freqs(*key[:3]).to(device))
+        return rope
 
     def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """int64 positions [S] -> (cos, sin) fp32 [S, rope_dim / 2]."""
         angles = torch.outer(positions.to(torch.float32), self.inv_freq)
         return torch.cos(angles), torch.sin(angles)
+
+    def positions(self, start: int, seq: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(positions int64 [S], cos, sin) of positions start…start+S−1. A one-token result
+        is kept until the next one (never written: callers only read tables)."""
+        if seq == 1 and (kept := self._step[0]) is not None and kept[0] == start:
+            return kept[1]
+        pos = torch.arange(start, start + seq, device=self.inv_freq.device)
+        result = (pos, *self.tables(pos))
+        if seq == 1:
+            self._step[0] = (start, result)
+        return result
+
+
+_SHARED: dict[tuple, Rope] = {}
 
 
 def apply_rope(
