@@ -26,14 +26,26 @@ static inline void prefetch_ahead(const void *p) {
     __builtin_prefetch((const char *)p + PREFETCH_BYTES);
 }
 
+/* The weight rows of step s over [n0, n1) cut into NR stretches of len = ceil((n1-n0)/NR)
+ * rows: row s of each stretch (the last stretch may be short). Returns how many exist. The
+ * memory then serves NR streams at once: one thread reads the head ~1.3x faster so than as
+ * one stream of adjacent rows, and each row's sum is the same either way. */
+static inline int64_t spread_rows(int64_t n0, int64_t n1, int64_t len, int64_t s, int64_t *nj) {
+    int64_t nr = 0;
+    for (int j = 0; j < NR; j++)
+        if (n0 + j * len + s < n1) nj[nr++] = n0 + j * len + s;
+    return nr;
+}
+
 /* y[r, n] = sum_k x[r, k] * bf16(w[n, k]) for r < rows (rows <= ROWS), n0 <= n < n1;
- * x fp32 [rows, K]. NR weight rows at a time keep NR x rows chains in flight. */
+ * x fp32 [rows, K]. NR weight rows at a time (spread_rows) keep NR x rows chains in flight. */
 static void bf16_rows(const float *x, int64_t rows, const uint16_t *w, int64_t n0, int64_t n1,
                       int64_t K, float *y, int64_t ldy) {
-    for (int64_t n = n0; n < n1; n += NR) {
-        int64_t nr = n1 - n < NR ? n1 - n : NR;
+    const int64_t len = (n1 - n0 + NR - 1) / NR;
+    for (int64_t s = 0; s < len; s++) {
+        int64_t nj[NR], nr = spread_rows(n0, n1, len, s, nj);
         const uint16_t *wr[NR];
-        for (int j = 0; j < NR; j++) wr[j] = w + (n + (j < nr ? j : 0)) * K;
+        for (int j = 0; j < NR; j++) wr[j] = w + nj[j < nr ? j : 0] * K;
         float acc[NR][ROWS] = {{0}};
         int64_t k = 0;
 #ifdef __AVX512F__
@@ -58,7 +70,7 @@ static void bf16_rows(const float *x, int64_t rows, const uint16_t *w, int64_t n
                 for (int r = 0; r < rows; r++) acc[j][r] += x[r * K + k] * wv;
             }
         for (int j = 0; j < nr; j++)
-            for (int r = 0; r < rows; r++) y[r * ldy + n + j] = acc[j][r];
+            for (int r = 0; r < rows; r++) y[r * ldy + nj[j]] = acc[j][r];
     }
 }
 
@@ -97,12 +109,12 @@ int dsv4_bf16_gemm(const void *x, int64_t x_bf16, const uint16_t *w, void *y, in
     return 0;
 }
 
-/* y[r, n0 + j] = sum_k xs[r, k] * e4m3(w[(n0 + j), k]) / 256 for j < nr, r < rows: the
+/* y[r, nj[j]] = sum_k xs[r, k] * e4m3(w[nj[j], k]) / 256 for j < nr, r < rows: the
  * activation xs already carries the block scales (times 256). */
-static void fp8_rows(const float *xs, int64_t rows, const uint8_t *w, int64_t n0, int64_t nr,
+static void fp8_rows(const float *xs, int64_t rows, const uint8_t *w, const int64_t *nj, int64_t nr,
                      int64_t K, float *y, int64_t ldy) {
     const uint8_t *wr[NR];
-    for (int j = 0; j < NR; j++) wr[j] = w + (n0 + (j < nr ? j : 0)) * K;
+    for (int j = 0; j < NR; j++) wr[j] = w + nj[j < nr ? j : 0] * K;
     int64_t k = 0;
 #ifdef __AVX512F__
     __m512 acc[NR][ROWS];
@@ -142,7 +154,7 @@ static void fp8_rows(const float *xs, int64_t rows, const uint8_t *w, int64_t n0
             for (int r = 0; r < rows; r++) sum[j][r] += xs[r * K + k] * wv;
         }
     for (int j = 0; j < nr; j++)
-        for (int r = 0; r < rows; r++) y[r * ldy + n0 + j] = sum[j][r];
+        for (int r = 0; r < rows; r++) y[r * ldy + nj[j]] = sum[j][r];
 }
 
 #if defined(__AVX512BF16__) && defined(__AVX512VBMI__)
@@ -189,12 +201,12 @@ static void xbf16_permute(const float *x, int64_t K, uint16_t *xb) {
 }
 
 /* fp8_rows for x given by xbf16_permute (K a multiple of 64). */
-static void fp8_rows_dp(const uint16_t *xb, int64_t rows, const uint8_t *w, int64_t n0,
+static void fp8_rows_dp(const uint16_t *xb, int64_t rows, const uint8_t *w, const int64_t *nj,
                         int64_t nr, int64_t K, float *y, int64_t ldy) {
     const __m512i tab[4] = {_mm512_loadu_si512(e4m3_bf16_hi), _mm512_loadu_si512(e4m3_bf16_hi + 64),
                             _mm512_loadu_si512(e4m3_bf16_lo), _mm512_loadu_si512(e4m3_bf16_lo + 64)};
     const uint8_t *wr[NR];
-    for (int j = 0; j < NR; j++) wr[j] = w + (n0 + (j < nr ? j : 0)) * K;
+    for (int j = 0; j < NR; j++) wr[j] = w + nj[j < nr ? j : 0] * K;
     __m512 acc[NR][ROWS];
     for (int j = 0; j < NR; j++)
         for (int r = 0; r < ROWS; r++) acc[j][r] = _mm512_setzero_ps();
@@ -214,7 +226,7 @@ static void fp8_rows_dp(const uint16_t *xb, int64_t rows, const uint8_t *w, int6
         }
     }
     for (int j = 0; j < nr; j++)
-        for (int r = 0; r < rows; r++) y[r * ldy + n0 + j] = _mm512_reduce_add_ps(acc[j][r]);
+        for (int r = 0; r < rows; r++) y[r * ldy + nj[j]] = _mm512_reduce_add_ps(acc[j][r]);
 }
 #endif
 
@@ -253,17 +265,22 @@ int dsv4_fp8_gemm(const void *x, int64_t x_bf16, const uint8_t *w, const float *
             for (int64_t r = 0; r < rows; r++)
                 for (int64_t k = 0; k < K; k++)
                     xs[r * K + k] = xa[(r0 + r) * K + k] * (sn[k / FP8_BLOCK] * 256.0f);
-            int64_t n1 = (nb + 1) * FP8_BLOCK < N ? (nb + 1) * FP8_BLOCK : N;
+            int64_t n1 = (nb + 1) * FP8_BLOCK < N ? (nb + 1) * FP8_BLOCK : N, nj[NR];
+            int64_t len = (n1 - nb * FP8_BLOCK + NR - 1) / NR; /* see spread_rows */
 #ifdef FP8_DP
             if (dp) {
                 for (int64_t r = 0; r < rows; r++) xbf16_permute(xs + r * K, K, xb + r * K);
-                for (int64_t n = nb * FP8_BLOCK; n < n1; n += NR)
-                    fp8_rows_dp(xb, rows, w, n, n1 - n < NR ? n1 - n : NR, K, acc + r0 * N, N);
+                for (int64_t st = 0; st < len; st++) {
+                    int64_t nr = spread_rows(nb * FP8_BLOCK, n1, len, st, nj);
+                    fp8_rows_dp(xb, rows, w, nj, nr, K, acc + r0 * N, N);
+                }
                 continue;
             }
 #endif
-            for (int64_t n = nb * FP8_BLOCK; n < n1; n += NR)
-                fp8_rows(xs, rows, w, n, n1 - n < NR ? n1 - n : NR, K, acc + r0 * N, N);
+            for (int64_t st = 0; st < len; st++) {
+                int64_t nr = spread_rows(nb * FP8_BLOCK, n1, len, st, nj);
+                fp8_rows(xs, rows, w, nj, nr, K, acc + r0 * N, N);
+            }
         }
     }
     if (y_bf16) {
