@@ -15,9 +15,11 @@ for every prompt position, against transformers' default forward) and "last logi
 generation runs it (`prefill(ids, logits="last")` against `logits_to_keep=1`, which is what
 transformers' `generate` passes), where neither side computes the head over the prompt.
 Decode is weight-traffic bound: the bound printed is (measured read bandwidth) / (bytes of
-weights read per decoded token), with the bandwidth measured twice: torch's `sum` over a
-256 MiB buffer, and the engine's own C GEMV over a 256 MiB weight (software prefetch; it
-streams faster, so its bound is the stricter one). The last line is one JSON object.
+weights read per decoded token), with the bandwidth measured twice, each on 256 MiB
+allocated as the engine allocates its weights (`engine/hugepages.py`: huge pages with
+`DSV4_HUGEPAGES=1`), in every round (the best kept): torch's `sum` over a buffer, and the
+engine's own C GEMV over a weight (software prefetch, four streams; it reads faster, so its
+bound is the stricter one). The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -50,8 +52,11 @@ def _reset_peak() -> None:
 
 
 def _bandwidth_gbs(mib: int = 256) -> float:
-    """Single-thread streaming read bandwidth (GB/s) from summing a large buffer."""
-    x = torch.ones(mib * 1024 * 1024 // 4)
+    """Single-thread streaming read bandwidth (GB/s) from summing a large buffer allocated as
+    the engine's weights are (`engine/hugepages.py`)."""
+    from dsv4.engine import hugepages
+
+    x = hugepages.empty((mib * 1024 * 1024 // 4,), torch.float32).fill_(1.0)
     x.sum()
     t = time.perf_counter()
     for _ in range(5):
@@ -68,8 +73,10 @@ def _gemv_bandwidth_gbs(mib: int = 256) -> float | None:
     lib = native.library("gemm")
     if lib is None:
         return None
+    from dsv4.engine import hugepages
+
     k = 4096
-    w = torch.ones(mib * 2**20 // (2 * k), k, dtype=torch.bfloat16)
+    w = hugepages.empty((mib * 2**20 // (2 * k), k), torch.bfloat16).fill_(1.0)
     x = torch.ones(1, k, dtype=torch.bfloat16)
     gemm_native.bf16_gemm(lib, x, w)
     t = time.perf_counter()
@@ -172,21 +179,28 @@ def _time_transformers(
     return [run(ids, n_decode) for _ in range(repeat)], _peak_rss_mib()
 
 
-def _interleaved(timers: dict, ids: list[int], n_decode: int, rounds: int) -> dict[str, dict]:
+def _interleaved(
+    timers: dict, ids: list[int], n_decode: int, rounds: int
+) -> tuple[dict[str, dict], tuple[float, float | None]]:
     """Rates of each side from `rounds` rounds that run the sides in turn, one timed sequence
     each (a fresh load and warm-up per round): the machine's speed moves between phases, and
     taking turns gives each side the same phases. Best time per phase. Peak RSS from the first
     round, where the engine runs before the baseline was ever loaded (later rounds' peaks
-    would count what the other side left allocated)."""
+    would count what the other side left allocated). The read bandwidths are measured in each
+    round too, and the best of each is returned: the bound is then the fast phase's."""
     laps: dict[str, list] = {name: [] for name in timers}
     peaks: dict[str, float] = {}
+    bws: list[tuple[float, float | None]] = []
     for _ in range(rounds):
         for name, timer in timers.items():
             runs, peak = timer(ids, n_decode, 1)
             laps[name] += runs
             peaks.setdefault(name, peak)
+        bws.append((_bandwidth_gbs(), _gemv_bandwidth_gbs()))
+    gemvs = [g for _, g in bws if g is not None]
+    best_bw = (max(b for b, _ in bws), max(gemvs) if gemvs else None)
     return {name: _best_rates(laps[name], len(ids), n_decode) | {"peak_rss_mib": peaks[name]}
-            for name in timers}  # fmt: skip
+            for name in timers}, best_bw  # fmt: skip
 
 
 _PHASES = ("prefill", "prefill_last", "decode")
@@ -242,9 +256,8 @@ def main() -> None:
 
         hf_dir = export_dequantized(ckpt, work / "hf", torch.bfloat16)
         timers["transformers"] = lambda *a: _time_transformers(hf_dir, *a)
-    rates = _interleaved(timers, ids, args.decode, args.repeat)
+    rates, (bw, gemv_bw) = _interleaved(timers, ids, args.decode, args.repeat)
     engine = rates["engine"]
-    bw, gemv_bw = _bandwidth_gbs(), _gemv_bandwidth_gbs()
     bound = bw * 1e9 / _decode_bytes(ckpt)
     result = {"checkpoint_mib": round(disk_mib, 1), "threads": 1, "prompt": args.prompt,
               "decode": args.decode, "repeat": args.repeat, "load_avg_1min": load,

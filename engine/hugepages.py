@@ -1,6 +1,6 @@
 """Weights in transparent huge pages (Linux): a decode step streams every weight once, and on
 4 KiB pages that stream pays a TLB miss per page and restarts the hardware prefetcher at
-each page boundary. On 2 MiB pages one thread reads ~15–25 % faster here.
+each page boundary. On 2 MiB pages `torch.sum` reads ~15–25 % faster here.
 
 Where the kernel hands out huge pages only on request (`enabled` = `[madvise]`, the common
 default), memory must be advised before its first touch:
@@ -11,7 +11,11 @@ default), memory must be advised before its first touch:
   each under a huge page, so `empty` cannot help them) into one advised buffer, as views of it.
 
 Both are no-ops where madvise is missing or refused; the tensors are then ordinary ones.
-`DSV4_HUGEPAGES=0` switches both off.
+
+Opt-in (`DSV4_HUGEPAGES=1`): on the 2-core VM this was measured on, decode with packed
+weights was within noise of decode without (the GEMVs' four streams already keep the memory
+busy), while the first all-logits prefill after a load, whose 132 MB output is advised too
+(`csrc/amx.c`), slowed by up to ~30 % when the weights had taken the free huge pages first.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ PACK_MAX = 8 << 20  # bigger tensors are allocated by `empty` at load instead
 
 @functools.cache
 def _madvise():
-    if not sys.platform.startswith("linux") or os.environ.get("DSV4_HUGEPAGES", "1") == "0":
+    if not sys.platform.startswith("linux") or os.environ.get("DSV4_HUGEPAGES", "0") != "1":
         return None
     try:
         fn = ctypes.CDLL(None, use_errno=True).madvise

@@ -47,7 +47,7 @@ def _tree() -> tuple[_Tree, torch.Tensor]:
 
 @pytest.fixture
 def huge_on(monkeypatch):
-    monkeypatch.delenv("DSV4_HUGEPAGES", raising=False)
+    monkeypatch.setenv("DSV4_HUGEPAGES", "1")
     hugepages._madvise.cache_clear()
     yield
     hugepages._madvise.cache_clear()
@@ -81,8 +81,12 @@ def test_pack_skips_what_does_not_fill_a_huge_page(huge_on):
     assert hugepages.pack(small) == 0
 
 
-def test_switched_off_nothing_moves(monkeypatch):
-    monkeypatch.setenv("DSV4_HUGEPAGES", "0")
+@pytest.mark.parametrize("setting", ["0", None])  # off unless asked for
+def test_switched_off_nothing_moves(monkeypatch, setting):
+    if setting is None:
+        monkeypatch.delenv("DSV4_HUGEPAGES", raising=False)
+    else:
+        monkeypatch.setenv("DSV4_HUGEPAGES", setting)
     hugepages._madvise.cache_clear()
     try:
         tree, _ = _tree()
