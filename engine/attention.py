@@ -9,7 +9,7 @@ entry j being visible to query t when j < (t+1)//ratio.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -18,6 +18,7 @@ from dsv4.kernels.dispatch import native_lib
 from dsv4.kernels.quant import act_quant_dequant
 from dsv4.kernels.sparse_attn import sparse_attn
 
+from .attention_step import AttentionStep, _iota
 from .compressor import Compressor
 from .config import ModelArgs
 from .numerics import Numerics
@@ -53,6 +54,7 @@ class Attention:
     indexer: Indexer | None = None
     qkv_a: torch.Tensor | None = None  # wq_a's and wkv's kept dense weights, stacked
     wo_a_fp8: FP8Linear | None = None  # wo_a as stored (CPU): the C kernels read half the bytes
+    _step: AttentionStep | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.qkv_a is None:
@@ -99,6 +101,8 @@ class Attention:
     ) -> torch.Tensor:
         """x act [S, D] at positions start… -> act [S, D]; updates `state`."""
         a, seq = self.args, x.shape[0]
+        if seq == 1 and (step := self._step_for(x, nx)) is not None:
+            return step(x, start, state, nx)  # the same C calls, bound once
         tables = self.rope.positions(start, seq)
         _, cos, sin = tables
         # -- queries: low-rank q, per-head RMS scaling without weight (in the act dtype), RoPE
@@ -121,6 +125,12 @@ class Attention:
         # V carries RoPE: rotate the output back at the query position.
         o = apply_rope(o, cos, sin, inverse=True)
         return self._project_out(o, nx)
+
+    def _step_for(self, x: torch.Tensor, nx: Numerics) -> AttentionStep | None:
+        step = self._step
+        if step is None or not step.matches(x, nx):
+            step = self._step = AttentionStep.build(self, x, nx)
+        return step
 
     def _chunk_keys(self, x, qr, kv, start: int, state: LayerState, nx: Numerics, tables):
         """Keys (window part, then compressed entries) and each query's indices into them,
@@ -226,15 +236,3 @@ def _window_step(state: LayerState, kv: torch.Tensor, start: int, win: int) -> t
     [min(start+1, win), hd] in ring order (attention does not depend on the order)."""
     state.window[start % win] = kv[0]
     return state.window[: min(start + 1, win)]
-
-
-_IOTA: dict[torch.device, torch.Tensor] = {}
-
-
-def _iota(n: int, device: torch.device) -> torch.Tensor:
-    """int32 0…n−1 on `device`: a view of a shared table, grown on demand, never written."""
-    table = _IOTA.get(device)
-    if table is None or table.shape[0] < n:
-        size = max(n, 4096, 0 if table is None else 2 * table.shape[0])
-        table = _IOTA[device] = torch.arange(size, dtype=torch.int32, device=device)
-    return table[:n]

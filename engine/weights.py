@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -102,6 +102,14 @@ class FP8Linear:
     scale: torch.Tensor
     scale_fp32: torch.Tensor | None = None
     dense: torch.Tensor | None = None
+    _gemv: gemm_native.BoundFP8 | None = field(default=None, repr=False, compare=False)
+
+    def gemv(self, lib) -> gemm_native.BoundFP8:
+        """The C GEMV of this weight, bound at first use (after loading has placed it)."""
+        bound = self._gemv
+        if bound is None or bound.w is not self.weight or bound.lib is not lib:
+            bound = self._gemv = gemm_native.BoundFP8(lib, self.weight, self.scale_fp32)
+        return bound
 
     def __post_init__(self) -> None:
         if self.scale_fp32 is None:
@@ -125,8 +133,7 @@ class FP8Linear:
             return fp8_linears(x, (self,), nx)[0]
         lead, x2 = x.shape[:-1], x.reshape(-1, x.shape[-1])
         if (lib := native_gemm(x2, self.weight)) is not None:
-            y = gemm_native.fp8_gemm(lib, x2, self.weight, self.scale_fp32, False, x.dtype)
-            return y.view(*lead, -1)
+            return self.gemv(lib)(x2, False, x.dtype).view(*lead, -1)
         if (y := amx_gemm(x2, self.weight, self.scale_fp32, x.dtype)) is not None:
             return y.view(*lead, -1)
         x2, exact = x2.float(), x.dtype == torch.bfloat16
@@ -168,8 +175,7 @@ def fp8_linears(
         return [lin(x, nx) for lin in linears]
     lead, x2 = x.shape[:-1], x.reshape(-1, x.shape[-1])
     if (lib := native_gemm(x2, linears[0].weight)) is not None:  # fused act-quant, FP8 read
-        ys = [gemm_native.fp8_gemm(lib, x2, w.weight, w.scale_fp32, True, x.dtype)
-              for w in linears]  # fmt: skip
+        ys = [lin.gemv(lib)(x2, True, x.dtype) for lin in linears]
     elif (ys := _amx_fp8_linears(x2, linears, x.dtype)) is not None:
         pass
     elif use_triton(x2) or any(lin.dense is None for lin in linears):

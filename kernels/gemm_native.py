@@ -125,6 +125,33 @@ def fp8_gemm(
     return y
 
 
+class BoundFP8:
+    """`fp8_gemm` of one weight whose operands were checked once: a decode step calls each
+    linear's GEMV with one x row, and re-checking the weight and scales cost twice the C call
+    for the small ones. Each call checks only x (anything unusual takes `fp8_gemm`)."""
+
+    __slots__ = ("lib", "fn", "w", "scale", "wp", "sp", "n", "k")
+
+    def __init__(self, lib: ctypes.CDLL, w: torch.Tensor, scale: torch.Tensor) -> None:
+        _check_weight(w, torch.float8_e4m3fn)
+        _check_scale(w, scale)
+        if not (w.is_cpu and scale.is_contiguous()):
+            raise ValueError("BoundFP8: the weight and its scales must be contiguous CPU tensors")
+        self.lib, self.fn, self.w, self.scale = lib, _fn(lib, "dsv4_fp8_gemm"), w, scale
+        self.wp, self.sp, (self.n, self.k) = w.data_ptr(), scale.data_ptr(), w.shape
+
+    def __call__(self, x: torch.Tensor, quant: bool, out_dtype: torch.dtype) -> torch.Tensor:
+        kind, out_kind = ACT_KIND.get(x.dtype), ACT_KIND.get(out_dtype)
+        if (kind is None or out_kind is None or x.dim() != 2 or x.shape[1] != self.k
+                or not x.is_contiguous() or not x.is_cpu or (quant and self.k % 128)):  # fmt: skip
+            return fp8_gemm(self.lib, x, self.w, self.scale, quant, out_dtype)  # its errors
+        y = torch.empty(x.shape[0], self.n, dtype=out_dtype)
+        rc = self.fn(x.data_ptr(), kind, self.wp, self.sp, y.data_ptr(), out_kind, x.shape[0],
+                     self.n, self.k, int(quant))  # fmt: skip
+        _check_rc(rc, "fp8_gemm")
+        return y
+
+
 def fp8_swiglu(
     lib: ctypes.CDLL,
     x: torch.Tensor,

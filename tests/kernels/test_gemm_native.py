@@ -109,14 +109,14 @@ def test_engine_linears_take_the_native_path_for_few_rows(monkeypatch):
     from dsv4.engine.weights import FP8Linear, fp8_linears, linear_fp32
 
     calls: list[str] = []
-    for name in ("bf16_gemm", "fp8_gemm"):
-        real = getattr(gemm_native, name)
+    for owner, name in ((gemm_native, "bf16_gemm"), (gemm_native.BoundFP8, "__call__")):
+        real = getattr(owner, name)
 
         def spy(*a, _r=real, _n=name, **kw):
-            calls.append(_n)
+            calls.append("bf16_gemm" if _n == "bf16_gemm" else "fp8_gemm")
             return _r(*a, **kw)
 
-        monkeypatch.setattr(gemm_native, name, spy)
+        monkeypatch.setattr(owner, name, spy)
     w, s = _fp8_weight(256, 256, seed=5)
     lin = FP8Linear(w, torch.full(s.shape, 127, dtype=torch.uint8))
     head = torch.randn(300, 256).bfloat16()
@@ -259,3 +259,19 @@ def test_one_row_gemv_split_over_threads_gives_the_same_bits():
     assert torch.equal(one, split)
     assert torch.equal(rounded, one.bfloat16())
     _close(one, x.double() @ w.double().T, x.double().abs() @ w.double().abs().T)
+
+
+def test_bound_fp8_gemv_is_fp8_gemm(lib):
+    w, s = _fp8_weight(200, 256, seed=11)
+    bound = gemm_native.BoundFP8(lib, w, s)
+    x = torch.randn(3, 512, generator=torch.Generator().manual_seed(3)).bfloat16()
+    cases = ((x[:1, :256], True, torch.bfloat16), (x[:2, :256], False, torch.float32))
+    for rows, quant, out in cases:
+        dense = rows.contiguous()
+        assert torch.equal(bound(dense, quant, out),
+                           gemm_native.fp8_gemm(lib, dense, w, s, quant, out))  # fmt: skip
+        assert torch.equal(bound(rows, quant, out), bound(dense, quant, out))  # strided x
+    with pytest.raises(ValueError, match="shapes do not match"):
+        bound(x[:1], True, torch.bfloat16)  # K = 512 for a weight of K = 256
+    with pytest.raises(ValueError, match="scale"):
+        gemm_native.BoundFP8(lib, w, s[:1])

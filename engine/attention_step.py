@@ -1,0 +1,158 @@
+"""A one-token attention step on CPU with the C kernels called directly.
+
+At decode each C kernel does microseconds of work, and the Python around it (checks,
+allocations, views, dispatch) cost more than the kernels: ~300 µs per layer for a dozen
+calls. `AttentionStep` binds one layer's kernels, weight pointers and scratch rows once and
+then makes the same calls, with the same arguments, as `Attention.__call__` does through the
+wrappers: the results are the same bits (tests compare the two paths). The window's new key
+is written straight into its ring slot. The compressor and the indexer keep their own code.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from dsv4.kernels import gemm_native, native, rows_native, sparse_attn_native
+from dsv4.kernels.dispatch import native_lib
+from dsv4.kernels.native import ACT_KIND
+
+from .numerics import Numerics
+from .state import LayerState
+
+_F32 = torch.float32
+
+
+class AttentionStep:
+    """One layer's `Attention` for a single token, for one act dtype and numerics mode."""
+
+    def __init__(self, attn, dtype: torch.dtype, quant: bool, libs: dict[str, ctypes.CDLL]):
+        a = attn.args
+        self.attn, self.dtype, self.quant, self.libs = attn, dtype, quant, libs
+        self.kind = ACT_KIND[dtype]
+        self.h, self.hd, self.rd, self.eps = a.n_heads, a.head_dim, a.rope_head_dim, a.norm_eps
+        self.win, self.scale = a.window_size, a.head_dim**-0.5
+        self.groups, self.esize = a.o_groups, torch.empty(0, dtype=dtype).element_size()
+        gemm = libs["gemm"]
+        self.fp8 = gemm_native._fn(gemm, "dsv4_fp8_gemm")
+        self.norm = rows_native._fn(libs["rows"], "dsv4_rms_norm")
+        self.rope = rows_native._fn(libs["rows"], "dsv4_head_norm_rope")
+        self.round_trip = native.declare(libs["quant"], "quant_fp8_round_trip", *(
+            native.P, native.P, native.I64, native.I64, native.I64, native.I64, native.I64,
+            native.I64))  # fmt: skip
+        self.attend = sparse_attn_native._kernel(libs["sparse_attn"])
+        # weights checked once (`BoundFP8`); the linears keep them alive
+        self.wq_a, self.wkv = attn.wq_a.gemv(gemm), attn.wkv.gemv(gemm)
+        self.wq_b, self.wo_b = attn.wq_b.gemv(gemm), attn.wo_b.gemv(gemm)
+        self.wo_a = attn.wo_a_fp8.gemv(gemm)
+        self.q_norm, self.kv_norm = attn.q_norm.data_ptr(), attn.kv_norm.data_ptr()
+        self.sink = attn.attn_sink.contiguous()
+        q_lora, hd, h = self.wq_a.n, self.hd, self.h
+        row = {"q_low": q_lora, "qr": q_lora, "kv": hd, "kvn": hd, "q": h * hd, "qn": h * hd,
+               "o": h * hd, "on": h * hd, "oa": self.wo_a.n}  # fmt: skip
+        self.buf = {k: torch.empty(1, n, dtype=dtype) for k, n in row.items()}
+        self.ptr = {k: t.data_ptr() for k, t in self.buf.items()}
+
+    @classmethod
+    def build(cls, attn, x: torch.Tensor, nx: Numerics) -> AttentionStep | None:
+        """The step for these operands, or None where the general path must run (no C
+        kernels here or in this mode, grouped output projection, an unusual dtype)."""
+        a = attn.args
+        if x.dtype not in ACT_KIND or attn.wo_a_fp8 is None or a.o_lora_rank % 128:
+            return None
+        libs = {}
+        for name in ("gemm", "rows", "quant", "sparse_attn"):
+            if (lib := native_lib(name, x)) is None:
+                return None
+            libs[name] = lib
+        return cls(attn, x.dtype, nx.quant_sim, libs)
+
+    def matches(self, x: torch.Tensor, nx: Numerics) -> bool:
+        return (x.dtype == self.dtype and nx.quant_sim == self.quant
+                and native_lib("gemm", x) is self.libs["gemm"])  # fmt: skip
+
+    def _gemv(self, bound, src: int, dst: int, quant: bool) -> None:
+        rc = self.fp8(src, self.kind, bound.wp, bound.sp, dst, self.kind, 1, bound.n, bound.k,
+                      int(quant))  # fmt: skip
+        if rc:
+            raise MemoryError("fp8_gemm: the C kernel could not allocate its work buffers")
+
+    def __call__(
+        self, x: torch.Tensor, start: int, state: LayerState, nx: Numerics
+    ) -> torch.Tensor:
+        """x act [1, D] at position `start` -> act [1, D]; updates `state`."""
+        attn, p, kind, hd, rd, h = self.attn, self.ptr, self.kind, self.hd, self.rd, self.h
+        x = x.contiguous()
+        tables = attn.rope.positions(start, 1)
+        cos, sin = tables[1].data_ptr(), tables[2].data_ptr()
+        # -- queries and this token's key, as Attention.__call__
+        xp = x.data_ptr()
+        self._gemv(self.wq_a, xp, p["q_low"], self.quant)
+        self._gemv(self.wkv, xp, p["kv"], self.quant)
+        self.norm(p["q_low"], self.q_norm, p["qr"], 1, self.wq_a.n, self.eps, kind)
+        self._gemv(self.wq_b, p["qr"], p["q"], self.quant)
+        self.rope(p["q"], p["qn"], cos, sin, 1, h, hd, rd, 1, self.eps, 0, kind)
+        self.norm(p["kv"], self.kv_norm, p["kvn"], 1, hd, self.eps, kind)
+        ring = state.window
+        if not ring.is_contiguous() or ring.dtype != self.dtype:
+            raise ValueError(f"window ring {ring.dtype} strides {ring.stride()}: expected a "
+                             f"contiguous {self.dtype} tensor")  # fmt: skip
+        slot = ring.data_ptr() + (start % self.win) * hd * ring.element_size()
+        self.rope(p["kvn"], slot, cos, sin, 1, 1, hd, rd, 0, 0.0, 0, kind)
+        if self.quant:  # REF's FP8 simulation of the non-RoPE dims, in place in the ring
+            self.round_trip(slot, slot, 1, hd - rd, hd, 64, kind, kind)
+        keys, idxs = self._keys(x, start, state, nx, tables)
+        # -- attention over the keys, inverse RoPE, output projection
+        bad = self.attend(p["qn"], keys.data_ptr(), self.sink.data_ptr(), idxs.data_ptr(),
+                          p["o"], 1, 1, h, hd, keys.shape[0], idxs.shape[-1], self.scale,
+                          kind, 0)  # fmt: skip
+        if bad:
+            raise (MemoryError if bad < 0 else IndexError)(f"sparse attention failed ({bad})")
+        self.rope(p["o"], p["on"], cos, sin, 1, h, hd, rd, 0, 0.0, 1, kind)
+        self._project_groups(p["on"], p["oa"])
+        out = torch.empty(1, self.wo_b.n, dtype=self.dtype)
+        self._gemv(self.wo_b, p["oa"], out.data_ptr(), self.quant)
+        return out
+
+    def _project_groups(self, src: int, dst: int) -> None:
+        """wo_a per group (as `Attention._project_out_stored`): group g's H/G heads times its
+        R rows of wo_a and their block scales, no act-quant (REF's wo_a is a bf16 einsum)."""
+        w, g, es = self.wo_a, self.groups, self.esize
+        r, k = w.n // g, w.k  # rows per group (a multiple of 128), H·hd/G
+        kb = -(-k // 128)
+        for i in range(g):
+            scales = w.sp + i * (r // 128) * kb * 4  # fp32 block scales of the group's rows
+            rc = self.fp8(src + i * k * es, self.kind, w.wp + i * r * k, scales,
+                          dst + i * r * es, self.kind, 1, r, k, 0)  # fmt: skip
+            if rc:
+                raise MemoryError("fp8_gemm: the C kernel could not allocate its work buffers")
+
+    def _keys(self, x, start: int, state: LayerState, nx: Numerics, tables):
+        """Keys and int32 indices [1, n] as `Attention._step_keys` (the ring already written)."""
+        attn = self.attn
+        n_win = min(start + 1, self.win)
+        keys = state.window[:n_win]
+        if not attn.ratio:
+            return keys, _iota(n_win, x.device)[None]
+        qr = self.buf["qr"]
+        entries = attn._compress(x, qr, start, state, nx)
+        if entries.shape[0]:
+            keys = torch.cat((keys, entries))
+        if attn.indexer is None:
+            return keys, _iota(keys.shape[0], x.device)[None]
+        chosen = attn.indexer(x, qr, start, state, attn.rope, nx, tables).to(torch.int32)
+        chosen = torch.where(chosen >= 0, chosen + n_win, -1)
+        return keys, torch.cat((_iota(n_win, x.device)[None], chosen), dim=1)
+
+
+_IOTA: dict[torch.device, torch.Tensor] = {}
+
+
+def _iota(n: int, device: torch.device) -> torch.Tensor:
+    """int32 0…n−1 on `device`: a view of a shared table, grown on demand, never written."""
+    table = _IOTA.get(device)
+    if table is None or table.shape[0] < n:
+        size = max(n, 4096, 0 if table is None else 2 * table.shape[0])
+        table = _IOTA[device] = torch.arange(size, dtype=torch.int32, device=device)
+    return table[:n]
