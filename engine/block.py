@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from dsv4.kernels.mhc import hc_post, hc_pre
 
 from .attention import Attention
+from .block_step import BlockStep
 from .config import ModelArgs
 from .moe import MoE
 from .numerics import Numerics
@@ -40,6 +41,7 @@ class Block:
     hc_attn: HyperConnection
     hc_ffn: HyperConnection
     args: ModelArgs
+    _step: BlockStep | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def load(cls, get: Getter, prefix: str, args: ModelArgs, layer_id: int, device) -> Block:
@@ -51,6 +53,12 @@ class Block:
                    HyperConnection.load(get, f"{prefix}.hc_attn"),
                    HyperConnection.load(get, f"{prefix}.hc_ffn"), args)  # fmt: skip
 
+    def _step_for(self, h: torch.Tensor, nx: Numerics) -> BlockStep | None:
+        step = self._step
+        if step is None or not step.matches(h, nx):
+            step = self._step = BlockStep.build(self, h, nx)
+        return step
+
     def _mix(self, h: torch.Tensor, hc: HyperConnection):
         a = self.args
         return hc_pre(
@@ -60,6 +68,8 @@ class Block:
     def __call__(self, h: torch.Tensor, ids: torch.Tensor, start: int, state: LayerState,
                  nx: Numerics) -> torch.Tensor:  # fmt: skip
         """h act [S, hc, D] (the residual streams) -> act [S, hc, D]."""
+        if h.shape[0] == 1 and (step := self._step_for(h, nx)) is not None:
+            return step(h, ids, start, state, nx)  # the same C calls, bound once
         eps = self.args.norm_eps
         x, post, comb = self._mix(h, self.hc_attn)
         x = self.attn(rms_norm(x, self.attn_norm, eps), start, state, nx)
