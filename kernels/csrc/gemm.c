@@ -225,8 +225,23 @@ static void fp8_rows_dp(const uint16_t *xb, int64_t rows, const uint8_t *w, cons
             }
         }
     }
-    for (int j = 0; j < nr; j++)
-        for (int r = 0; r < rows; r++) y[r * ldy + nj[j]] = _mm512_reduce_add_ps(acc[j][r]);
+    for (int r = 0; r < rows; r++) {
+        float sum[4];
+        _mm_storeu_ps(sum, sum4_ps(acc[0][r], acc[1][r], acc[2][r], acc[3][r]));
+        for (int j = 0; j < nr; j++) y[r * ldy + nj[j]] = sum[j];
+    }
+}
+
+/* xb [K] (xbf16_permute of x) times each K block's scale (a power of two, times 256 for the
+ * table's values / 256) -> bf16 [K], exact: the permutation keeps each element in its block
+ * of 64, so in its K block. */
+static void scale_xbf16(const uint16_t *xb, int64_t K, const float *sn, uint16_t *out) {
+    for (int64_t k = 0; k < K; k += 32) {
+        const __m512 sc = _mm512_set1_ps(sn[k / FP8_BLOCK] * 256.0f);
+        __m512 lo = load_bf16x16(xb + k), hi = load_bf16x16(xb + k + 16);
+        __m512bh v = _mm512_cvtne2ps_pbh(_mm512_mul_ps(hi, sc), _mm512_mul_ps(lo, sc));
+        _mm512_storeu_si512(out + k, (__m512i)v);
+    }
 }
 #endif
 
@@ -240,7 +255,7 @@ static void fp8_rows_dp(const uint16_t *xb, int64_t rows, const uint8_t *w, cons
 int dsv4_fp8_gemm(const void *x, int64_t x_bf16, const uint8_t *w, const float *s, void *y,
                   int64_t y_bf16, int64_t M, int64_t N, int64_t K, int64_t quant) {
     int64_t rows_max = M < ROWS ? M : ROWS;
-    /* xa: x as fp32 [M, K]; xs: a row group scaled [rows_max, K]; then its bf16 copy */
+    /* xa: x as fp32 [M, K]; xs: a row group scaled [rows_max, K]; then two bf16 copies */
     float *xa = malloc((size_t)((M + 2 * rows_max) * K) * sizeof(float));
     float *acc = y_bf16 ? malloc((size_t)(M * N) * sizeof(float)) : y;
     if (!xa || !acc) {
@@ -254,22 +269,24 @@ int dsv4_fp8_gemm(const void *x, int64_t x_bf16, const uint8_t *w, const float *
         for (int64_t i = 0; i < M * K; i += FP8_BLOCK) fp8_block_round_trip(xa + i, FP8_BLOCK);
     int64_t kb = (K + FP8_BLOCK - 1) / FP8_BLOCK;
 #ifdef FP8_DP
-    /* bf16 operands are exact when x is bf16 or FP8-quantized (see fp8_rows_dp) */
+    /* bf16 operands are exact when x is bf16 or FP8-quantized (see fp8_rows_dp); xb0 holds
+     * the row group permuted once, xb its copy scaled for each block row */
     int dp = (quant || x_bf16) && K % 64 == 0;
-    uint16_t *xb = (uint16_t *)(xs + rows_max * K);
+    uint16_t *xb0 = (uint16_t *)(xs + rows_max * K), *xb = xb0 + rows_max * K;
 #endif
     for (int64_t r0 = 0; r0 < M; r0 += ROWS) {
         int64_t rows = M - r0 < ROWS ? M - r0 : ROWS;
+#ifdef FP8_DP
+        if (dp)
+            for (int64_t r = 0; r < rows; r++) xbf16_permute(xa + (r0 + r) * K, K, xb0 + r * K);
+#endif
         for (int64_t nb = 0; nb * FP8_BLOCK < N; nb++) {
             const float *sn = s + nb * kb;
-            for (int64_t r = 0; r < rows; r++)
-                for (int64_t k = 0; k < K; k++)
-                    xs[r * K + k] = xa[(r0 + r) * K + k] * (sn[k / FP8_BLOCK] * 256.0f);
             int64_t n1 = (nb + 1) * FP8_BLOCK < N ? (nb + 1) * FP8_BLOCK : N, nj[NR];
             int64_t len = (n1 - nb * FP8_BLOCK + NR - 1) / NR; /* see spread_rows */
 #ifdef FP8_DP
             if (dp) {
-                for (int64_t r = 0; r < rows; r++) xbf16_permute(xs + r * K, K, xb + r * K);
+                for (int64_t r = 0; r < rows; r++) scale_xbf16(xb0 + r * K, K, sn, xb + r * K);
                 for (int64_t st = 0; st < len; st++) {
                     int64_t nr = spread_rows(nb * FP8_BLOCK, n1, len, st, nj);
                     fp8_rows_dp(xb, rows, w, nj, nr, K, acc + r0 * N, N);
@@ -277,6 +294,9 @@ int dsv4_fp8_gemm(const void *x, int64_t x_bf16, const uint8_t *w, const float *
                 continue;
             }
 #endif
+            for (int64_t r = 0; r < rows; r++)
+                for (int64_t k = 0; k < K; k++)
+                    xs[r * K + k] = xa[(r0 + r) * K + k] * (sn[k / FP8_BLOCK] * 256.0f);
             for (int64_t st = 0; st < len; st++) {
                 int64_t nr = spread_rows(nb * FP8_BLOCK, n1, len, st, nj);
                 fp8_rows(xs, rows, w, nj, nr, K, acc + r0 * N, N);

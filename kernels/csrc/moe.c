@@ -108,19 +108,6 @@ static inline void decode_block(const uint8_t *w, const uint8_t *s, int64_t b,
     *wo = _mm512_permutexvar_ps(_mm512_srli_epi32(by, 4), ts);
 }
 
-/* Four 16-lane partial sums -> their four totals. */
-static inline __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
-    /* quads [a0+a2, a1+a3, b0+b2, b1+b3], the same for c, d */
-    __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
-    __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x44), _mm512_shuffle_f32x4(c, d, 0xEE));
-    /* quad q: four partial sums of input q */
-    __m512 q = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xDD));
-    q = _mm512_add_ps(q, _mm512_permute_ps(q, 0x4E));
-    q = _mm512_add_ps(q, _mm512_permute_ps(q, 0xB1)); /* every lane of quad q: total q */
-    const __m512i firsts = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
-    return _mm512_castps512_ps128(_mm512_permutexvar_ps(firsts, q));
-}
-
 /* out[m] = row · x_m for TILE = 8 activation rows in pair layout: one decode, eight uses
  * (16 accumulators, the even and odd halves of each row, all in registers). */
 static inline void dots_tile(const uint8_t *w, const uint8_t *s, int64_t nb,
@@ -137,9 +124,9 @@ static inline void dots_tile(const uint8_t *w, const uint8_t *s, int64_t nb,
         ACC(0); ACC(1); ACC(2); ACC(3); ACC(4); ACC(5); ACC(6); ACC(7);
 #undef ACC
     }
-    _mm_storeu_ps(out, reduce4(_mm512_add_ps(e0, o0), _mm512_add_ps(e1, o1),
+    _mm_storeu_ps(out, sum4_ps(_mm512_add_ps(e0, o0), _mm512_add_ps(e1, o1),
                                _mm512_add_ps(e2, o2), _mm512_add_ps(e3, o3)));
-    _mm_storeu_ps(out + 4, reduce4(_mm512_add_ps(e4, o4), _mm512_add_ps(e5, o5),
+    _mm_storeu_ps(out + 4, sum4_ps(_mm512_add_ps(e4, o4), _mm512_add_ps(e5, o5),
                                    _mm512_add_ps(e6, o6), _mm512_add_ps(e7, o7)));
 }
 
@@ -162,9 +149,9 @@ static inline void dots_rows(fp4_mat W, int64_t r, const float *x, const float *
         ROW(0); ROW(1); ROW(2); ROW(3); ROW(4); ROW(5); ROW(6); ROW(7);
 #undef ROW
     }
-    _mm_storeu_ps(out, reduce4(_mm512_add_ps(e0, o0), _mm512_add_ps(e1, o1),
+    _mm_storeu_ps(out, sum4_ps(_mm512_add_ps(e0, o0), _mm512_add_ps(e1, o1),
                                _mm512_add_ps(e2, o2), _mm512_add_ps(e3, o3)));
-    _mm_storeu_ps(out + 4, reduce4(_mm512_add_ps(e4, o4), _mm512_add_ps(e5, o5),
+    _mm_storeu_ps(out + 4, sum4_ps(_mm512_add_ps(e4, o4), _mm512_add_ps(e5, o5),
                                    _mm512_add_ps(e6, o6), _mm512_add_ps(e7, o7)));
 }
 #else
