@@ -137,6 +137,11 @@ static inline void dots_rows(fp4_mat W, int64_t r, const float *x, const float *
                              float *out) {
     const uint8_t *w0 = row_bytes(W, r), *s0 = row_scales(W, r);
     const int64_t wstep = W.nb * 16, sstep = W.nb;
+    /* Decode reads each expert once, from memory, in short rows (w2's are I/2 bytes): ask for
+     * the rows of the call after next, so that their requests overlap with this work. */
+    const char *ahead = (const char *)w0 + 2 * ROWS * wstep, *sahead = (const char *)s0 + 2 * ROWS * sstep;
+    for (int64_t i = 0; i < ROWS * wstep; i += 64) _mm_prefetch(ahead + i, _MM_HINT_T0);
+    for (int64_t i = 0; i < ROWS * sstep; i += 64) _mm_prefetch(sahead + i, _MM_HINT_T0);
     __m512 e0 = _mm512_setzero_ps(), e1 = e0, e2 = e0, e3 = e0, e4 = e0, e5 = e0, e6 = e0, e7 = e0;
     __m512 o0 = e0, o1 = e0, o2 = e0, o3 = e0, o4 = e0, o5 = e0, o6 = e0, o7 = e0;
     for (int64_t b = 0; b < W.nb; b++) {
