@@ -14,7 +14,14 @@ import ctypes
 
 import torch
 
-from dsv4.kernels import gemm_native, native, rows_native, sparse_attn_native
+from dsv4.kernels import (
+    gemm_native,
+    indexer_native,
+    native,
+    quant_native,
+    rows_native,
+    sparse_attn_native,
+)
 from dsv4.kernels.dispatch import native_lib
 from dsv4.kernels.native import ACT_KIND
 
@@ -42,6 +49,7 @@ class AttentionStep:
             native.P, native.P, native.I64, native.I64, native.I64, native.I64, native.I64,
             native.I64))  # fmt: skip
         self.attend = sparse_attn_native._kernel(libs["sparse_attn"])
+        self.index = _IndexerStep(attn.indexer, self, libs) if attn.indexer is not None else None
         # weights checked once (`BoundFP8`); the linears keep them alive
         self.wq_a, self.wkv = attn.wq_a.gemv(gemm), attn.wkv.gemv(gemm)
         self.wq_b, self.wo_b = attn.wq_b.gemv(gemm), attn.wo_b.gemv(gemm)
@@ -62,7 +70,7 @@ class AttentionStep:
         if x.dtype not in ACT_KIND or attn.wo_a_fp8 is None or a.o_lora_rank % 128:
             return None
         libs = {}
-        for name in ("gemm", "rows", "quant", "sparse_attn"):
+        for name in ("gemm", "rows", "quant", "sparse_attn", "indexer"):
             if (lib := native_lib(name, x)) is None:
                 return None
             libs[name] = lib
@@ -141,7 +149,7 @@ class AttentionStep:
             keys = torch.cat((keys, entries))
         if attn.indexer is None:
             return keys, _iota(keys.shape[0], x.device)[None]
-        chosen = attn.indexer(x, qr, start, state, attn.rope, nx, tables).to(torch.int32)
+        chosen = self.index(x, start, state, nx, tables)
         chosen = torch.where(chosen >= 0, chosen + n_win, -1)
         return keys, torch.cat((_iota(n_win, x.device)[None], chosen), dim=1)
 
@@ -156,3 +164,49 @@ def _iota(n: int, device: torch.device) -> torch.Tensor:
         size = max(n, 4096, 0 if table is None else 2 * table.shape[0])
         table = _IOTA[device] = torch.arange(size, dtype=torch.int32, device=device)
     return table[:n]
+
+
+class _IndexerStep:
+    """`Indexer.__call__` for one token with its C calls bound (the compressor keeps its
+    code): the same calls and arguments as through the wrappers."""
+
+    def __init__(self, idx, step: AttentionStep, libs: dict[str, ctypes.CDLL]) -> None:
+        self.idx, self.step = idx, step
+        self.wq_b = idx.wq_b.gemv(libs["gemm"])
+        self.bf16_gemm = gemm_native._fn(libs["gemm"], "dsv4_bf16_gemm")
+        self.hadamard = quant_native._kernels(libs["quant"]).hadamard
+        self.topk = indexer_native._fn(libs["indexer"])
+        self.proj = idx.weights_proj.contiguous()
+        self.w_scale = idx.head_dim**-0.5 * idx.n_heads**-0.5
+        h, d, dtype = idx.n_heads, idx.head_dim, step.dtype
+        self.buf = {k: torch.empty(1, h * d, dtype=dtype) for k in ("q", "qr", "qs")}
+        self.ptr = {k: t.data_ptr() for k, t in self.buf.items()}
+
+    def __call__(self, x, start: int, state: LayerState, nx: Numerics, tables) -> torch.Tensor:
+        """x act [1, D] (the step's qr in its buffer) -> entry indices int32 [1, k]."""
+        idx, st, p, kind = self.idx, self.step, self.ptr, self.step.kind
+        h, d = idx.n_heads, idx.head_dim
+        st._gemv(self.wq_b, st.ptr["qr"], p["q"], st.quant)
+        pos, cos, sin = tables
+        st.rope(p["q"], p["qr"], cos.data_ptr(), sin.data_ptr(), 1, h, d, st.rd, 0, 0.0, 0, kind)
+        q = p["qr"]
+        if st.quant:  # REF's Hadamard rotation and FP4 round trip
+            self.hadamard(p["qr"], p["qs"], h, d, d**-0.5, 32, kind == 1, True)
+            q = p["qs"]
+        keys, state.index_compressor = idx.compressor(x, start, state.index_compressor,
+                                                      st.attn.rope)  # fmt: skip
+        if keys.shape[0]:  # a new key every 4 tokens
+            state.index_keys.append(idx._simulate(keys, nx))
+        w = torch.empty(1, h, dtype=st.dtype)
+        rc = self.bf16_gemm(x.data_ptr(), kind, self.proj.data_ptr(), w.data_ptr(), kind, 1, h,
+                            self.proj.shape[1])  # fmt: skip
+        if rc:
+            raise MemoryError("bf16_gemm: the C kernel could not allocate its work buffers")
+        w = w * self.w_scale  # in the act dtype, as REF
+        entries = state.index_keys.valid()
+        n = entries.shape[0]
+        out = torch.full((1, min(idx.topk, n)), -1, dtype=torch.int32)
+        if self.topk(q, entries.data_ptr(), w.data_ptr(), pos.data_ptr(), 1, h, n, d, 4,
+                     out.shape[1], out.data_ptr(), kind):  # fmt: skip
+            raise MemoryError("index_score_topk: the C kernel could not allocate its buffers")
+        return out
