@@ -91,8 +91,18 @@ class Session:
         return out_rows[0] if len(out_rows) == 1 else torch.cat(out_rows)
 
     def decode(self, token_id: int) -> torch.Tensor:
-        """Feed one token; fp32 logits [vocab] for the next position."""
-        return self.prefill([int(token_id)])[0]
+        """Feed one token; fp32 logits [vocab] for the next position. (`prefill` of one token,
+        without its chunking: one token is one chunk, and ends on a snapshot position only
+        when the next position is a multiple of the interval.)"""
+        tid = int(token_id)
+        if not 0 <= tid < self.model.args.vocab_size:
+            self._ids([tid])  # raises its error
+        ids = torch.tensor([tid], dtype=torch.int64, device=self.model.device)
+        out, self.last_hidden = self.model.forward(ids, self.state, "all")
+        self.tokens.append(tid)
+        if self.pos % self.policy.interval == 0:
+            self.snapshots.add(self.state.snapshot())
+        return out[0]
 
     # -- state operations --------------------------------------------------------------------
     def fork(self) -> Session:

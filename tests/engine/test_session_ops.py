@@ -261,3 +261,18 @@ def test_seeded_generation_is_reproducible(exact_model, golden_tokens):
 
     first = run(7)
     assert len(first) >= 1 and first == run(7)
+
+
+def test_decode_is_a_one_token_prefill(exact_model, golden_tokens):
+    """`decode` skips prefill's chunking, not what it records: tokens, last_hidden and the
+    snapshot on the interval boundary it crosses."""
+    by_decode, by_prefill = session_with(exact_model, 8), session_with(exact_model, 8)
+    by_decode.prefill(golden_tokens[:5])
+    by_prefill.prefill(golden_tokens[:5])
+    for t in golden_tokens[5:12]:
+        assert torch.equal(by_decode.decode(t), by_prefill.prefill([t])[0])
+        assert torch.equal(by_decode.last_hidden, by_prefill.last_hidden)
+    assert by_decode.tokens == by_prefill.tokens == golden_tokens[:12]
+    assert by_decode.truncate(8) == 0  # the snapshot at 8 was taken while decoding
+    with pytest.raises(ValueError, match="token ids must lie in"):
+        by_decode.decode(exact_model.args.vocab_size)
