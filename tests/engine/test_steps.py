@@ -1,0 +1,69 @@
+"""The one-token steps (`engine/attention_step.py`, `engine/block_step.py`) against the
+general path: the same C calls with the same arguments, so the same bits, across the
+window's wrap, the compressors' boundaries, the grouped output projection, hash and top-k
+MoE layers, for both production dtypes and with the simulation off."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dsv4.engine import load_model
+from dsv4.engine.attention import Attention
+from dsv4.engine.attention_step import AttentionStep
+from dsv4.engine.block import Block
+from dsv4.engine.block_step import BlockStep
+from dsv4.kernels import native
+
+from .conftest import GOLDEN
+
+pytestmark = pytest.mark.skipif(
+    native.library("gemm") is None, reason="no C compiler: the steps need the C kernels"
+)
+
+
+def _compare(monkeypatch, golden_tokens, dtype, sim, step_cls, general: tuple, n_prompt, n):
+    """Decode with the steps and, in a twin session, with the `_step_for` of the classes in
+    `general` switched off (the other steps still run); every logit must match. Returns
+    (model, how many times `step_cls` ran in either session, decoded tokens)."""
+    torch.set_num_threads(1)
+    model = load_model(GOLDEN / "checkpoint", dtype=dtype, quant_sim=sim)
+    calls = []
+    real_call = step_cls.__call__
+
+    def counted(self, *args):
+        calls.append(self)
+        return real_call(self, *args)
+
+    monkeypatch.setattr(step_cls, "__call__", counted)
+    fast, slow = model.new_session(), model.new_session()
+    prompt, rest = golden_tokens[:n_prompt], golden_tokens[n_prompt : n_prompt + n]
+    assert torch.equal(fast.prefill(prompt), slow.prefill(prompt))
+    real = {cls: cls._step_for for cls in general}
+    for token in rest:
+        want_fast = fast.decode(token)
+        for cls in general:
+            monkeypatch.setattr(cls, "_step_for", lambda self, x, nx: None)
+        want_slow = slow.decode(token)
+        for cls, fn in real.items():
+            monkeypatch.setattr(cls, "_step_for", fn)
+        assert torch.equal(want_fast, want_slow), f"position {fast.pos}"
+    return model, len(calls), len(rest)
+
+
+@pytest.mark.parametrize("dtype, sim", [(torch.bfloat16, True), (torch.float32, False)])
+def test_attention_step_gives_the_general_paths_bits(golden_tokens, dtype, sim, monkeypatch):
+    # a 16-token window and ratios 4 and 128: 141 steps cross all their boundaries
+    model, calls, steps = _compare(monkeypatch, golden_tokens, dtype, sim, AttentionStep,
+                                   (Attention,), 9, 141)  # fmt: skip
+    assert calls == steps * len(model.layers)  # every layer of the fast session took it
+    assert model.layers[0].attn.args.o_groups > 1  # the grouped output projection ran
+
+
+@pytest.mark.parametrize("dtype, sim", [(torch.bfloat16, True), (torch.float32, False)])
+def test_block_step_gives_the_general_paths_bits(golden_tokens, dtype, sim, monkeypatch):
+    model, calls, steps = _compare(monkeypatch, golden_tokens, dtype, sim, BlockStep,
+                                   (Block,), 5, 65)  # fmt: skip
+    assert calls == steps * len(model.layers)
+    assert any(b.ffn.tid2eid is not None for b in model.layers)  # hash layers ran
+    assert any(b.ffn.bias is not None for b in model.layers)  # and top-k ones
