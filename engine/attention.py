@@ -9,6 +9,7 @@ entry j being visible to query t when j < (t+1)//ratio.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -54,7 +55,8 @@ class Attention:
     indexer: Indexer | None = None
     qkv_a: torch.Tensor | None = None  # wq_a's and wkv's kept dense weights, stacked
     wo_a_fp8: FP8Linear | None = None  # wo_a as stored (CPU): the C kernels read half the bytes
-    _step: AttentionStep | None = field(default=None, repr=False, compare=False)
+    # one step per thread: a step's scratch rows are written by each call
+    _steps: dict[int, AttentionStep | None] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.qkv_a is None:
@@ -127,9 +129,10 @@ class Attention:
         return self._project_out(o, nx)
 
     def _step_for(self, x: torch.Tensor, nx: Numerics) -> AttentionStep | None:
-        step = self._step
+        thread = threading.get_ident()
+        step = self._steps.get(thread)
         if step is None or not step.matches(x, nx):
-            step = self._step = AttentionStep.build(self, x, nx)
+            step = self._steps[thread] = AttentionStep.build(self, x, nx)
         return step
 
     def _chunk_keys(self, x, qr, kv, start: int, state: LayerState, nx: Numerics, tables):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -41,7 +42,8 @@ class Block:
     hc_attn: HyperConnection
     hc_ffn: HyperConnection
     args: ModelArgs
-    _step: BlockStep | None = field(default=None, repr=False, compare=False)
+    # one step per thread: a step's scratch rows are written by each call
+    _steps: dict[int, BlockStep | None] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def load(cls, get: Getter, prefix: str, args: ModelArgs, layer_id: int, device) -> Block:
@@ -54,9 +56,10 @@ class Block:
                    HyperConnection.load(get, f"{prefix}.hc_ffn"), args)  # fmt: skip
 
     def _step_for(self, h: torch.Tensor, nx: Numerics) -> BlockStep | None:
-        step = self._step
+        thread = threading.get_ident()
+        step = self._steps.get(thread)
         if step is None or not step.matches(h, nx):
-            step = self._step = BlockStep.build(self, h, nx)
+            step = self._steps[thread] = BlockStep.build(self, h, nx)
         return step
 
     def _mix(self, h: torch.Tensor, hc: HyperConnection):

@@ -67,3 +67,33 @@ def test_block_step_gives_the_general_paths_bits(golden_tokens, dtype, sim, monk
     assert calls == steps * len(model.layers)
     assert any(b.ffn.tid2eid is not None for b in model.layers)  # hash layers ran
     assert any(b.ffn.bias is not None for b in model.layers)  # and top-k ones
+
+
+def test_sessions_decoding_on_two_threads_keep_their_own_steps(golden_tokens):
+    """A step's scratch rows are per thread: two sessions of one model decoded at once on two
+    threads (the C calls release the GIL) give what each gives alone."""
+    import threading
+
+    torch.set_num_threads(1)
+    model = load_model(GOLDEN / "checkpoint", dtype=torch.bfloat16, quant_sim=True)
+    prompts = (golden_tokens[:20], golden_tokens[40:47])
+    feeds = (golden_tokens[20:60], golden_tokens[100:140])
+
+    def run(prompt, feed, out):
+        session = model.new_session()
+        session.prefill(prompt)
+        out.extend(session.decode(t) for t in feed)
+
+    alone = [[], []]
+    for i in range(2):
+        run(prompts[i], feeds[i], alone[i])
+    together = [[], []]
+    threads = [threading.Thread(target=run, args=(prompts[i], feeds[i], together[i]))
+               for i in range(2)]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for a, b in zip(alone, together, strict=True):
+        assert len(a) == len(b) == 40 and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert len(model.layers[0]._steps) >= 2  # one step per thread that decoded
