@@ -53,9 +53,22 @@ class Compressor:
         self, x: torch.Tensor, start: int, state: CompressorState, rope: Rope
     ) -> tuple[torch.Tensor, CompressorState]:
         """x act [S, D] at positions start… -> (new entries act [n, d], next state)."""
-        seq, r = x.shape[0], self.ratio
         kv, score = linear_fp32(x, self.w).chunk(2, dim=-1)
-        score = score + self._ape_rows(start, seq)
+        score = score + self._ape_rows(start, x.shape[0])
+        return self.advance(kv, score, start, state, rope, x.dtype)
+
+    def advance(
+        self,
+        kv: torch.Tensor,
+        score: torch.Tensor,
+        start: int,
+        state: CompressorState,
+        rope: Rope,
+        dtype: torch.dtype,
+    ) -> tuple[torch.Tensor, CompressorState]:
+        """The projected rows of positions start… (fp32 kv [S, coff·d] and score [S, coff·d],
+        ape added) -> (the entries they complete, act [n, d], next state)."""
+        seq, r = kv.shape[0], self.ratio
         rows_kv = torch.cat((state.kv, kv))
         rows_score = torch.cat((state.score, score))
         w0, w1 = start // r, (start + seq) // r  # windows w0..w1-1 complete in this chunk
@@ -66,10 +79,10 @@ class Compressor:
             keep = slice(new_start - state.start, None)
             next_state = CompressorState(rows_kv[keep].clone(), rows_score[keep].clone(), new_start)
         if w1 == w0:
-            return x.new_empty(0, self.d), next_state
+            return kv.new_empty(0, self.d, dtype=dtype), next_state
         pooled = self._pool(rows_kv, rows_score, w0 * r - state.start, w1 - w0)
-        entries = rms_norm(pooled.to(x.dtype), self.norm, self.eps)
-        cos, sin = rope.tables(torch.arange(w0, w1, device=x.device) * r)
+        entries = rms_norm(pooled.to(dtype), self.norm, self.eps)
+        cos, sin = rope.tables(torch.arange(w0, w1, device=kv.device) * r)
         return apply_rope(entries, cos, sin), next_state
 
     def _ape_rows(self, start: int, seq: int) -> torch.Tensor:
