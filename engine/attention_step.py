@@ -5,7 +5,8 @@ allocations, views, dispatch) cost more than the kernels: ~300 µs per layer for
 calls. `AttentionStep` binds one layer's kernels, weight pointers and scratch rows once and
 then makes the same calls, with the same arguments, as `Attention.__call__` does through the
 wrappers: the results are the same bits (tests compare the two paths). The window's new key
-is written straight into its ring slot. The compressor and the indexer keep their own code.
+is written straight into its ring slot. The compressors and the indexer are stepped the same
+way (`_CompressorStep`, `_IndexerStep`); their state updates stay their own code.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import torch
 from dsv4.kernels import (
     gemm_native,
     indexer_native,
-    native,
     quant_native,
     rows_native,
     sparse_attn_native,
@@ -27,8 +27,6 @@ from dsv4.kernels.native import ACT_KIND
 
 from .numerics import Numerics
 from .state import LayerState
-
-_F32 = torch.float32
 
 
 class AttentionStep:
@@ -45,9 +43,7 @@ class AttentionStep:
         self.fp8 = gemm_native._fn(gemm, "dsv4_fp8_gemm")
         self.norm = rows_native._fn(libs["rows"], "dsv4_rms_norm")
         self.rope = rows_native._fn(libs["rows"], "dsv4_head_norm_rope")
-        self.round_trip = native.declare(libs["quant"], "quant_fp8_round_trip", *(
-            native.P, native.P, native.I64, native.I64, native.I64, native.I64, native.I64,
-            native.I64))  # fmt: skip
+        self.round_trip = quant_native._kernels(libs["quant"]).fp8
         self.attend = sparse_attn_native._kernel(libs["sparse_attn"])
         self.index = _IndexerStep(attn.indexer, self, libs) if attn.indexer is not None else None
         self.compress = None
