@@ -36,6 +36,7 @@ class BlockStep:
                                   F32, I64)  # fmt: skip
         self.post = native.declare(mhc, "mhc_post", P, P, P, P, P, I64, I64, I64, I64)
         self.norm = rows_native._fn(libs["rows"], "dsv4_rms_norm")
+        self.add_act = rows_native._fn(libs["rows"], "dsv4_add_act")
         self.route = route_native._fn(libs["route"])
         self.experts = moe_native._kernel(libs["moe"])
         self.swiglu = gemm_native._fn(libs["gemm"], "dsv4_fp8_swiglu")
@@ -129,4 +130,6 @@ class BlockStep:
                          self.shared_inter, ffn.shared.limit, int(self.quant))  # fmt: skip
         if rc:
             raise MemoryError("fp8_swiglu: the C kernel could not allocate its work buffers")
-        return (self.t["routed"] + self.t["shared"].float()).to(self.dtype)
+        out = torch.empty(1, self.d, dtype=self.dtype)  # (routed + shared.float()).to(act)
+        self.add_act(p["routed"], p["shared"], out.data_ptr(), self.d, kind)
+        return out

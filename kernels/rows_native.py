@@ -21,6 +21,7 @@ def _fn(lib: ctypes.CDLL, name: str):
     args = {
         "dsv4_rms_norm": (P, P, P, I64, I64, F32, I64),
         "dsv4_head_norm_rope": (P, P, P, P, I64, I64, I64, I64, I64, F32, I64, I64),
+        "dsv4_add_act": (P, P, P, I64, I64),
     }[name]
     return declare(lib, name, *args)
 
@@ -67,4 +68,16 @@ def head_norm_rope(
     norm = norm_eps is not None
     _fn(lib, "dsv4_head_norm_rope")(ptr(x), ptr(y), c, s, rows, heads, dim, rd, int(norm),
                                     norm_eps if norm else 0.0, int(inverse), kind)  # fmt: skip
+    return y
+
+
+def add_act(lib: ctypes.CDLL, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a fp32 [..., n] + b act [..., n] -> act: `(a + b.float()).to(b.dtype)` in one call."""
+    kind = _act(b)
+    if a.dtype != torch.float32 or a.shape != b.shape:
+        raise ValueError(f"a {a.dtype} {tuple(a.shape)}, b {b.dtype} {tuple(b.shape)}: expected "
+                         f"fp32 a and an act b of the same shape")  # fmt: skip
+    a, b = a.contiguous(), b.contiguous()
+    y = torch.empty_like(b)
+    _fn(lib, "dsv4_add_act")(ptr(a), ptr(b), ptr(y), b.numel(), kind)
     return y

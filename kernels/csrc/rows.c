@@ -156,3 +156,9 @@ void dsv4_head_norm_rope(const void *x, void *y, const float *cos, const float *
             for (int64_t i = 0; i < dim; i++) store_act(y, base + i, v[i], bf16);
         }
 }
+
+/* y act [n] = act(a[i] + b[i]) for a fp32 [n] and b act [n]: `(a + b.float()).to(act)`, as
+ * the MoE adds the shared expert's output to the routed sum (one rounding, to nearest even). */
+void dsv4_add_act(const float *a, const void *b, void *y, int64_t n, int64_t bf16) {
+    for (int64_t i = 0; i < n; i++) store_act(y, i, a[i] + load_act(b, i, bf16), bf16);
+}

@@ -115,3 +115,16 @@ def test_engine_takes_the_native_path_on_cpu(monkeypatch):
     rope.apply_rope(x, cos, sin)
     weights.rms_norm(x, torch.ones(32), 1e-6)
     assert calls == ["rope", "norm"]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_add_act_is_the_torch_sum_cast_once(lib, dtype):
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(3, 517, generator=g) * 7
+    b = (torch.randn(3, 517, generator=g) * 3).to(dtype)
+    a[0, :4] = torch.tensor([float("inf"), float("nan"), -0.0, 1e-40])  # specials pass as torch's
+    got = rows_native.add_act(lib, a, b)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got, (a + b.float()).to(dtype), rtol=0, atol=0, equal_nan=True)
+    with pytest.raises(ValueError, match="same shape"):
+        rows_native.add_act(lib, a[:2], b)
