@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
 import torch
-import torch.nn.functional as F
 
 from dsv4.kernels.dispatch import pinned_mode
+from dsv4.kernels.mhc import hc_head
 
 from . import hugepages
 from .block import Block
@@ -42,14 +42,8 @@ class HeadMix:
                    get(f"{prefix}_scale").float())  # fmt: skip
 
     def __call__(self, h: torch.Tensor, norm_eps: float, hc_eps: float) -> torch.Tensor:
-        """h act [S, hc, D] -> act [S, D]."""
-        hf = h.float()
-        flat = hf.flatten(-2)
-        mixes = F.linear(flat, self.fn) * torch.rsqrt(
-            flat.square().mean(-1, keepdim=True) + norm_eps
-        )
-        pre = torch.sigmoid(mixes * self.scale + self.base) + hc_eps
-        return (pre.unsqueeze(-1) * hf).sum(dim=-2).to(h.dtype)
+        """h act [S, hc, D] -> act [S, D] (`kernels.mhc.hc_head`: one C call on CPU)."""
+        return hc_head(h, self.fn, self.scale, self.base, norm_eps, hc_eps)
 
 
 @dataclass

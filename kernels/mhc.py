@@ -137,3 +137,21 @@ def hc_post(out, h, post, comb):
 
         return hc_post_native(out, h, post, comb)
     return hc_post_ref(out, h, post, comb)
+
+
+def hc_head_ref(h, fn, scale, base, norm_eps: float, hc_eps: float) -> torch.Tensor:
+    """The head's mix: h act [..., hc, D] -> act [..., D], pre = sigmoid(mixes·scale + base)
+    + hc_eps (no Sinkhorn) over hc_pre's mixes (linear, then × rsqrt(mean(x²) + eps))."""
+    hf = h.float()
+    flat = hf.flatten(-2)
+    mixes = F.linear(flat, fn) * torch.rsqrt(flat.square().mean(-1, keepdim=True) + norm_eps)
+    pre = torch.sigmoid(mixes * scale + base) + hc_eps
+    return (pre.unsqueeze(-1) * hf).sum(dim=-2).to(h.dtype)
+
+
+def hc_head(h, fn, scale, base, norm_eps: float, hc_eps: float) -> torch.Tensor:
+    if native_lib("mhc", h, fn, scale, base):
+        from .mhc_native import hc_head_native
+
+        return hc_head_native(h, fn, scale, base, norm_eps, hc_eps)
+    return hc_head_ref(h, fn, scale, base, norm_eps, hc_eps)

@@ -35,6 +35,7 @@ def _kernels() -> SimpleNamespace:
                 lib, "mhc_pre", P, P, P, P, P, P, P, I64, I64, I64, I64, F32, F32, I64
             ),
             post=native.declare(lib, "mhc_post", P, P, P, P, P, I64, I64, I64, I64),
+            head=native.declare(lib, "mhc_head", P, P, P, P, P, I64, I64, I64, F32, F32, I64),
         )
     return k
 
@@ -136,4 +137,29 @@ def hc_post_native(
         _kernels().post(out.contiguous().data_ptr(), h.data_ptr(),
                         post.contiguous().data_ptr(), comb.contiguous().data_ptr(),
                         y.data_ptr(), t, hc, d, h.dtype == torch.bfloat16)  # fmt: skip
+    return y
+
+
+def hc_head_native(
+    h: torch.Tensor,
+    fn: torch.Tensor,
+    scale: torch.Tensor,
+    base: torch.Tensor,
+    norm_eps: float,
+    hc_eps: float,
+) -> torch.Tensor:
+    """The head's mix (`engine.model.HeadMix`): h act [..., hc, D] -> act [..., D] with
+    pre = sigmoid(mixes·scale + base) + hc_eps (no Sinkhorn), fn fp32 [hc, hc·D], scale
+    fp32 [1], base fp32 [hc]."""
+    if h.dim() < 2:
+        raise NativeArgumentError(f"argument `h`: shape {tuple(h.shape)}, expected [..., hc, D]")
+    (hc, d), lead = h.shape[-2:], h.shape[:-2]
+    _explain(h=(h, _ACT, None), fn=(fn, (_F32,), (hc, hc * d)), scale=(scale, (_F32,), (1,)),
+             base=(base, (_F32,), (hc,)))  # fmt: skip
+    h = h.contiguous()
+    y = torch.empty((*lead, d), dtype=h.dtype)
+    if t := y.numel() // max(d, 1):
+        _kernels().head(h.data_ptr(), fn.contiguous().data_ptr(), scale.data_ptr(),
+                        base.data_ptr(), y.data_ptr(), t, hc, d, norm_eps, hc_eps,
+                        h.dtype == torch.bfloat16)  # fmt: skip
     return y

@@ -351,3 +351,33 @@ void mhc_post(const void *out, const void *h, const float *post, const float *co
     } else if (bf16) post_impl(out, h, post, comb, y, S, hc, D, 1);
     else post_impl(out, h, post, comb, y, S, hc, D, 0);
 }
+
+/* ---- hc_head -------------------------------------------------------------------------------- */
+
+/* The head's mix (engine.model.HeadMix): mixes as hc_pre's (linear, then × rsqrt(mean(x²) +
+ * eps)), pre = sigmoid(mixes·scale + base) + hc_eps without Sinkhorn, y = Σ_j pre[j]·h[j].
+ * h act [S, hc, D], fn fp32 [hc, hc*D], scale fp32 [1], base fp32 [hc] -> y act [S, D]. */
+INLINE void head_impl(const void *h, const float *fn, const float *scale, const float *base,
+                      void *y, int64_t S, int64_t hc, int64_t D, float norm_eps, float hc_eps,
+                      int bf16) {
+    const int64_t K = hc * D;
+    float mix[MAX_R * hc], ss[MAX_R], pre[hc];
+    for (int64_t t0 = 0; t0 < S; t0 += MAX_R) {
+        int rows = S - t0 < MAX_R ? (int)(S - t0) : MAX_R;
+        mixes_block(h, bf16, t0, rows, K, fn, hc, mix, ss);
+        for (int t = 0; t < rows; t++) {
+            float rs = 1.0f / sqrtf(ss[t] / (float)K + norm_eps);
+            for (int64_t j = 0; j < hc; j++) {
+                float m = mix[t * hc + j] * rs * scale[0] + base[j];
+                pre[j] = sigmoid(m) + hc_eps;
+            }
+            weigh_streams(h, (t0 + t) * K, pre, hc, D, y, (t0 + t) * D, bf16);
+        }
+    }
+}
+
+void mhc_head(const void *h, const float *fn, const float *scale, const float *base, void *y,
+              int64_t S, int64_t hc, int64_t D, float norm_eps, float hc_eps, int64_t bf16) {
+    if (bf16) head_impl(h, fn, scale, base, y, S, hc, D, norm_eps, hc_eps, 1);
+    else head_impl(h, fn, scale, base, y, S, hc, D, norm_eps, hc_eps, 0);
+}

@@ -223,3 +223,24 @@ def test_dispatchers_take_the_native_path_unless_torch(monkeypatch) -> None:
     monkeypatch.setenv("DSV4_KERNELS", "torch")
     run_all()
     assert calls == []
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("hc, d, s", [(4, 512, 1), (4, 128, 7), (3, 33, 2)])
+def test_hc_head_matches_reference(dtype, hc: int, d: int, s: int) -> None:
+    from dsv4.kernels.mhc import hc_head_ref
+    from dsv4.kernels.mhc_native import hc_head_native
+
+    g = torch.Generator().manual_seed(hc * d + s)
+    h = torch.randn(s, hc, d, generator=g).to(dtype)
+    fn = torch.randn(hc, hc * d, generator=g) * 0.05
+    scale, base = torch.rand(1, generator=g), torch.randn(hc, generator=g)
+    got = hc_head_native(h, fn, scale, base, 1e-6, 1e-6)
+    want = hc_head_ref(h, fn, scale, base, 1e-6, 1e-6)
+    assert got.dtype == dtype and got.shape == want.shape == (s, d)
+    if dtype == torch.float32:
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    else:
+        _assert_bf16_close(got, want)
+    with pytest.raises(NativeArgumentError, match="scale"):
+        hc_head_native(h, fn, torch.rand(2), base, 1e-6, 1e-6)
