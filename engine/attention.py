@@ -9,7 +9,6 @@ entry j being visible to query t when j < (t+1)//ratio.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -19,7 +18,7 @@ from dsv4.kernels.dispatch import native_lib
 from dsv4.kernels.quant import act_quant_dequant
 from dsv4.kernels.sparse_attn import sparse_attn
 
-from .attention_step import AttentionStep, _iota
+from .attention_step import AttentionStep, _iota, thread_step
 from .compressor import Compressor
 from .config import ModelArgs
 from .numerics import Numerics
@@ -129,11 +128,7 @@ class Attention:
         return self._project_out(o, nx)
 
     def _step_for(self, x: torch.Tensor, nx: Numerics) -> AttentionStep | None:
-        thread = threading.get_ident()
-        step = self._steps.get(thread)
-        if step is None or not step.matches(x, nx):
-            step = self._steps[thread] = AttentionStep.build(self, x, nx)
-        return step
+        return thread_step(self._steps, AttentionStep, self, x, nx)
 
     def _chunk_keys(self, x, qr, kv, start: int, state: LayerState, nx: Numerics, tables):
         """Keys (window part, then compressed entries) and each query's indices into them,

@@ -12,6 +12,7 @@ way (`_CompressorStep`, `_IndexerStep`); their state updates stay their own code
 from __future__ import annotations
 
 import ctypes
+import threading
 
 import torch
 
@@ -27,6 +28,17 @@ from dsv4.kernels.native import ACT_KIND
 
 from .numerics import Numerics
 from .state import LayerState
+
+
+def thread_step(steps: dict, cls, owner, x: torch.Tensor, nx: Numerics):
+    """The calling thread's step of `owner` (a step's scratch rows are written by each call),
+    built on first use and rebuilt when x's dtype, the numerics or the C library change;
+    None where the general path must run."""
+    thread = threading.get_ident()
+    step = steps.get(thread)
+    if step is None or not step.matches(x, nx):
+        step = steps[thread] = cls.build(owner, x, nx)
+    return step
 
 
 class AttentionStep:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -11,6 +10,7 @@ import torch
 from dsv4.kernels.mhc import hc_post, hc_pre
 
 from .attention import Attention
+from .attention_step import thread_step
 from .block_step import BlockStep
 from .config import ModelArgs
 from .moe import MoE
@@ -56,11 +56,7 @@ class Block:
                    HyperConnection.load(get, f"{prefix}.hc_ffn"), args)  # fmt: skip
 
     def _step_for(self, h: torch.Tensor, nx: Numerics) -> BlockStep | None:
-        thread = threading.get_ident()
-        step = self._steps.get(thread)
-        if step is None or not step.matches(h, nx):
-            step = self._steps[thread] = BlockStep.build(self, h, nx)
-        return step
+        return thread_step(self._steps, BlockStep, self, h, nx)
 
     def _mix(self, h: torch.Tensor, hc: HyperConnection):
         a = self.args
