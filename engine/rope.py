@@ -9,6 +9,7 @@ complex64 `freqs_cis`), then written back in the activation dtype.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -79,7 +80,8 @@ class Rope:
         return result
 
 
-_SHARED: dict[tuple, Rope] = {}
+# weak: the tables live as long as some model's layers hold them
+_SHARED: weakref.WeakValueDictionary[tuple, Rope] = weakref.WeakValueDictionary()
 
 
 def apply_rope(
