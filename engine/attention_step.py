@@ -75,10 +75,15 @@ class AttentionStep:
 
     @classmethod
     def build(cls, attn, x: torch.Tensor, nx: Numerics) -> AttentionStep | None:
-        """The step for these operands, or None where the general path must run (no C
-        kernels here or in this mode, grouped output projection, an unusual dtype)."""
+        """The step for these operands, or None where the general path must run: no C
+        kernels here or in this mode, an unusual dtype, wo_a not kept as stored, or dims the
+        C calls do not take whole (the non-RoPE dims in blocks of 64, the indexer's head a
+        power of two in blocks of 32)."""
         a = attn.args
-        if x.dtype not in ACT_KIND or attn.wo_a_fp8 is None or a.o_lora_rank % 128:
+        ihd = a.index_head_dim
+        if (x.dtype not in ACT_KIND or attn.wo_a_fp8 is None or a.o_lora_rank % 128
+                or (a.head_dim - a.rope_head_dim) % 64
+                or (attn.indexer is not None and (ihd & (ihd - 1) or ihd % 32))):  # fmt: skip
             return None
         libs = {}
         for name in ("gemm", "rows", "quant", "sparse_attn", "indexer"):

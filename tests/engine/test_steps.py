@@ -97,3 +97,20 @@ def test_sessions_decoding_on_two_threads_keep_their_own_steps(golden_tokens):
     for a, b in zip(alone, together, strict=True):
         assert len(a) == len(b) == 40 and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert len(model.layers[0]._steps) >= 2  # one step per thread that decoded
+
+
+def test_steps_decline_what_their_c_calls_do_not_take():
+    """The general path runs for dims the bound C calls would not take whole."""
+    import dataclasses
+
+    from dsv4.engine.numerics import Numerics
+
+    model = load_model(GOLDEN / "checkpoint", dtype=torch.bfloat16, quant_sim=True)
+    attn, nx = model.layers[1].attn, Numerics(torch.bfloat16, True)
+    x = torch.zeros(1, model.args.dim, dtype=torch.bfloat16)
+    assert AttentionStep.build(attn, x, nx) is not None
+    odd_args = dataclasses.replace(attn.args, rope_head_dim=attn.args.rope_head_dim - 16)
+    odd = dataclasses.replace(attn, args=odd_args)  # 464 non-RoPE dims: not blocks of 64
+    assert AttentionStep.build(odd, x, nx) is None
+    assert AttentionStep.build(attn, x.float(), nx) is not None  # fp32 activations are taken
+    assert AttentionStep.build(attn, x.half(), nx) is None
