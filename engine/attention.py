@@ -135,7 +135,7 @@ class Attention:
         int32 [S, n] (−1 pads); updates `state`."""
         keys, idxs = _window(state, kv, start, self.args.window_size)
         if self.ratio:
-            entries = self._compress(x, qr, start, state, nx)
+            entries = self._compress(x, start, state, nx)
             comp_idxs = self._select(x, qr, start, state, nx, entries.shape[0], tables)
             comp_idxs = torch.where(comp_idxs >= 0, comp_idxs + keys.shape[0], -1)
             keys = torch.cat((keys, entries))
@@ -147,19 +147,32 @@ class Attention:
         every key of the window, so the ring buffer itself (its own slot written first) is the
         window part, in ring order; an HCA query sees every entry emitted so far."""
         keys = _window_step(state, kv, start, self.args.window_size)
+        return self._one_token_keys(
+            keys, x, start, state, nx, self.compressor,
+            lambda: self.indexer(x, qr, start, state, self.rope, nx, tables).to(torch.int32),
+        )  # fmt: skip
+
+    def _one_token_keys(self, keys, x, start, state, nx, compressor, choose):
+        """The window's keys act [n_win, hd] (the ring, this token's slot written) followed
+        by the compressed entries, and int32 indices [1, n] into them. `compressor` steps a
+        compressor as `Compressor.__call__`; `choose()` gives the indexer's entries (CSA)."""
         n_win = keys.shape[0]
         if not self.ratio:
             return keys, _iota(n_win, x.device)[None]
-        entries = self._compress(x, qr, start, state, nx)
-        keys = torch.cat((keys, entries))
+        entries = self._compress(x, start, state, nx, compressor)
+        if entries.shape[0]:
+            keys = torch.cat((keys, entries))
         if self.indexer is None:
             return keys, _iota(keys.shape[0], x.device)[None]
-        chosen = self.indexer(x, qr, start, state, self.rope, nx, tables).to(torch.int32)
+        chosen = choose()
         chosen = torch.where(chosen >= 0, chosen + n_win, -1)
         return keys, torch.cat((_iota(n_win, x.device)[None], chosen), dim=1)
 
-    def _compress(self, x, qr, start: int, state: LayerState, nx: Numerics) -> torch.Tensor:
-        new, state.compressor = self.compressor(x, start, state.compressor, self.rope)
+    def _compress(self, x, start: int, state: LayerState, nx: Numerics, compressor=None):
+        """Steps the compressor (`compressor`: the same call in another form) and returns
+        every entry so far, act [n, hd], this chunk's FP8-simulated and appended."""
+        run = self.compressor if compressor is None else compressor
+        new, state.compressor = run(x, start, state.compressor, self.rope)
         if new.shape[0]:  # most decode steps complete no window: nothing to quantize or append
             state.entries.append(self._quant_nope(new, nx))
         return state.entries.valid()

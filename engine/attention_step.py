@@ -60,7 +60,7 @@ class AttentionStep:
         self.index = _IndexerStep(attn.indexer, self, libs) if attn.indexer is not None else None
         self.compress = None
         if attn.compressor is not None:
-            self.compress = _CompressorStep(attn.compressor, gemm, self.kind)
+            self.compress = _CompressorStep(attn.compressor, gemm, self.kind, dtype)
         # weights checked once (`BoundFP8`); the linears keep them alive
         self.wq_a, self.wkv = attn.wq_a.gemv(gemm), attn.wkv.gemv(gemm)
         self.wq_b, self.wo_b = attn.wq_b.gemv(gemm), attn.wo_b.gemv(gemm)
@@ -154,22 +154,9 @@ class AttentionStep:
 
     def _keys(self, x, start: int, state: LayerState, nx: Numerics, tables):
         """Keys and int32 indices [1, n] as `Attention._step_keys` (the ring already written)."""
-        attn = self.attn
-        n_win = min(start + 1, self.win)
-        keys = state.window[:n_win]
-        if not attn.ratio:
-            return keys, _iota(n_win, x.device)[None]
-        new, state.compressor = self.compress(x, start, state.compressor, attn.rope, self.dtype)
-        if new.shape[0]:  # most steps complete no window: nothing to quantize or append
-            state.entries.append(attn._quant_nope(new, nx))
-        entries = state.entries.valid()
-        if entries.shape[0]:
-            keys = torch.cat((keys, entries))
-        if attn.indexer is None:
-            return keys, _iota(keys.shape[0], x.device)[None]
-        chosen = self.index(x, start, state, nx, tables)
-        chosen = torch.where(chosen >= 0, chosen + n_win, -1)
-        return keys, torch.cat((_iota(n_win, x.device)[None], chosen), dim=1)
+        keys = state.window[: min(start + 1, self.win)]
+        choose = lambda: self.index(x, start, state, nx, tables)  # noqa: E731
+        return self.attn._one_token_keys(keys, x, start, state, nx, self.compress, choose)
 
 
 class _CompressorStep:
@@ -177,12 +164,12 @@ class _CompressorStep:
     general path makes through `linear_fp32`) into a fresh row, ape added in place; the
     state's update is the compressor's own `advance`."""
 
-    def __init__(self, comp, gemm: ctypes.CDLL, kind: int) -> None:
-        self.comp, self.kind, self.w = comp, kind, comp.w.contiguous()
+    def __init__(self, comp, gemm: ctypes.CDLL, kind: int, dtype: torch.dtype) -> None:
+        self.comp, self.kind, self.dtype, self.w = comp, kind, dtype, comp.w.contiguous()
         self.fn = gemm_native._fn(gemm, "dsv4_bf16_gemm")
         self.width = self.w.shape[0] // 2
 
-    def __call__(self, x: torch.Tensor, start: int, state, rope, dtype: torch.dtype):
+    def __call__(self, x: torch.Tensor, start: int, state, rope):
         comp, n = self.comp, self.w.shape[0]
         y = torch.empty(1, n)
         rc = self.fn(x.data_ptr(), self.kind, self.w.data_ptr(), y.data_ptr(), 0, 1, n,
@@ -191,7 +178,7 @@ class _CompressorStep:
             raise MemoryError("bf16_gemm: the C kernel could not allocate its work buffers")
         kv, score = y[:, : self.width], y[:, self.width :]
         score += comp.ape[start % comp.ratio]
-        return comp.advance(kv, score, start, state, rope, dtype)
+        return comp.advance(kv, score, start, state, rope, self.dtype)
 
 
 _IOTA: dict[torch.device, torch.Tensor] = {}
@@ -217,7 +204,7 @@ class _IndexerStep:
         self.hadamard = quant_native._kernels(libs["quant"]).hadamard
         self.topk = indexer_native._fn(libs["indexer"])
         self.proj = idx.weights_proj.contiguous()
-        self.compress = _CompressorStep(idx.compressor, libs["gemm"], step.kind)
+        self.compress = _CompressorStep(idx.compressor, libs["gemm"], step.kind, step.dtype)
         self.w_scale = idx.head_dim**-0.5 * idx.n_heads**-0.5
         h, d, dtype = idx.n_heads, idx.head_dim, step.dtype
         self.buf = {k: torch.empty(1, h * d, dtype=dtype) for k in ("q", "qr", "qs")}
@@ -235,7 +222,7 @@ class _IndexerStep:
             self.hadamard(p["qr"], p["qs"], h, d, d**-0.5, 32, kind == 1, True)
             q = p["qs"]
         keys, state.index_compressor = self.compress(x, start, state.index_compressor,
-                                                     st.attn.rope, st.dtype)  # fmt: skip
+                                                     st.attn.rope)  # fmt: skip
         if keys.shape[0]:  # a new key every 4 tokens
             state.index_keys.append(idx._simulate(keys, nx))
         w = torch.empty(1, h, dtype=st.dtype)
